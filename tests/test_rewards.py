@@ -1,0 +1,151 @@
+import pytest
+import torch
+
+import rewards as R
+from drawings import pillow_render
+from model import VQCodebook
+
+
+def scenes(n, H, seed, draw="render"):
+    g = torch.Generator().manual_seed(seed)
+    prompts = R.sample_prompts(n, g)
+    if draw == "render":
+        images = R.render(prompts, H, g)
+    elif draw == "antialias":
+        images = R.render(prompts, H, g, antialias=True)
+    else:
+        images = pillow_render(prompts, H, g, supersample=4 if draw == "pillow-aa" else 1)
+    wrong = [R.perturb_prompt(p, g) for p in prompts]
+    return prompts, wrong, images
+
+
+def noisy(images, seed, std=0.03):
+    g = torch.Generator().manual_seed(seed)
+    return (images + std * torch.randn(images.shape, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("H", [32, 64])
+@pytest.mark.parametrize("draw", ["render", "antialias", "pillow", "pillow-aa"])
+@pytest.mark.parametrize("noise", [0.0, 0.03])
+def test_true_prompts_pass_and_wrong_prompts_fail(H, draw, noise):
+    prompts, wrong, images = scenes(120, H, seed=H + len(draw), draw=draw)
+    if noise:
+        images = noisy(images, seed=1, std=noise)
+    assert (R.reward(images, prompts) == 1.0).all()
+    assert (R.reward(images, wrong) < 1.0).all()
+
+
+@pytest.mark.parametrize("H", [32, 64])
+def test_verdicts_survive_the_codebook(H):
+    g = torch.Generator().manual_seed(0)
+    vq = VQCodebook.fit(R.render(R.sample_prompts(600, g), H, g), 1024, 4, g)
+    prompts, wrong, images = scenes(200, H, seed=5)
+    for x in (images, noisy(images, seed=2)):
+        recon = vq.decode(vq.encode(x))
+        assert (R.reward(recon, prompts) == 1.0).float().mean() >= 0.99
+        assert (R.reward(recon, wrong) < 1.0).float().mean() >= 0.99
+
+
+def blank(H=32, n=1):
+    return torch.zeros(n, 3, H, H)
+
+
+def paint(img, color, shape, cx, cy, s):
+    cov = R.shape_coverage(torch.tensor([R.SHAPES.index(shape)]), torch.tensor([cx]), torch.tensor([cy]),
+                           torch.tensor([s]), img.shape[-1])[0]
+    return img + (cov >= 0.5).float() * R.PALETTE[R.COLOR_NAMES.index(color)][:, None, None]
+
+
+def test_partial_credit_by_hand():
+    H = 32
+    red_circle = paint(blank(H)[0], "red", "circle", 10, 10, 10)
+    two = paint(red_circle, "blue", "square", 24, 10, 10)  # blue square to the right of the red circle
+    imgs = torch.stack([blank(H)[0], red_circle, red_circle, red_circle, two, two, two])
+    prompts = ["a red circle", "a red circle", "a blue circle", "two red circles",
+               "a red circle left of a blue square", "a red circle right of a blue square", "a red circle"]
+    r = R.reward(imgs, prompts)
+    # empty image: nothing found; right image; colour wrong (shape-only quarter); one of two found;
+    # relation right; relation wrong (halved); an extra object (1 of max(1, 2))
+    expected = torch.tensor([0.0, 1.0, 0.25, 0.5, 1.0, 0.5, 0.5])
+    assert torch.allclose(r, expected), r
+
+
+def test_specks_are_ignored_but_big_extra_blobs_count():
+    img = paint(blank()[0], "green", "triangle", 12, 12, 10)
+    speck = img.clone()
+    speck[:, 28:30, 28:30] = R.PALETTE[0][:, None, None]  # 4 red pixels
+    blob = img.clone()
+    blob[:, 20:31, 22:25] = R.PALETTE[0][:, None, None]  # an 11x3 red bar: no legal shape
+    r = R.reward(torch.stack([speck, blob]), ["a green triangle"] * 2)
+    assert r[0] == 1.0 and r[1] == 0.5
+
+
+def test_errors_are_clear():
+    img = blank()
+    for bad, match in [("a purple circle", "colour"), ("a red hexagon", "shape"), ("a red circle near a blue square", "relation"),
+                       ("a red circle and a red circle", "same object"), ("five red circles", "grammar"), ("", "grammar")]:
+        with pytest.raises(ValueError, match=match):
+            R.reward(img, [bad])
+    with pytest.raises(ValueError, match="shape"):
+        R.reward(torch.zeros(1, 32, 32), ["a red circle"])
+    with pytest.raises(ValueError, match="dtype"):
+        R.reward(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), ["a red circle"])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        R.reward(torch.full((1, 3, 32, 32), 2.0), ["a red circle"])
+    with pytest.raises(ValueError, match="prompts"):
+        R.reward(torch.zeros(2, 3, 32, 32), ["a red circle"])
+    with pytest.raises(ValueError, match="category"):
+        R.sample_prompts(3, torch.Generator(), categories=["colour"])
+
+
+def test_grammar_roundtrip_and_categories():
+    g = torch.Generator().manual_seed(0)
+    prompts = R.sample_prompts(400, g)
+    assert {R.category(p) for p in prompts} == set(R.CATEGORIES)
+    for p in prompts:
+        assert R.make_prompt(*R.parse_prompt(p)) == p
+    assert R.category("three green triangles") == "counting"
+    assert R.parse_prompt("a yellow square above a red triangle") == (
+        "position", (("yellow", "square"), ("red", "triangle")), "above")
+
+
+def test_seeded_determinism():
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        p = R.sample_prompts(20, g)
+        return p, R.render(p, 32, g)
+    (p1, x1), (p2, x2), (p3, x3) = run(7), run(7), run(8)
+    assert p1 == p2 and torch.equal(x1, x2)
+    assert p1 != p3 and not torch.equal(x1, x3)
+
+
+def test_render_respects_the_world():
+    g = torch.Generator().manual_seed(3)
+    prompts = R.sample_prompts(200, g)
+    images = R.render(prompts, 64, g)
+    assert images.shape == (200, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+    o = R.find_objects(images)
+    sq = o["shape"] == R.SHAPES.index("square")  # a square's area is side^2, side in [16, 24]
+    side = o["area"][sq].sqrt()
+    assert side.min() >= 16 and side.max() <= 24
+    n_named = sum(len(R.parse_prompt(p)[1]) for p in prompts)
+    assert len(o["area"]) == n_named  # nothing touches, nothing is lost
+
+
+def test_accuracy_report():
+    prompts = ["a red circle", "two red circles", "a red circle and a blue square", "two blue squares"]
+    rep = R.accuracy_report(torch.tensor([1.0, 0.5, 1.0, 1.0]), prompts)
+    assert rep["overall"] == 0.75 and rep["single"] == 1.0 and rep["counting"] == 0.5 and rep["two"] == 1.0
+    assert rep["position"] != rep["position"]  # nan: no position prompts
+
+
+def test_quality_metric():
+    _, _, a = scenes(300, 32, seed=1)
+    _, _, b = scenes(300, 32, seed=2)
+    fa = R.quality_features(a)
+    assert abs(R.frechet_distance(fa, fa)) < 1e-6
+    same = R.quality(a, b)
+    g = torch.Generator().manual_seed(0)
+    singles = R.render(R.sample_prompts(300, g, ["single"]), 32, g)
+    assert same < 0.5 * R.quality(a, singles)
+    assert same < 0.5 * R.quality(a, noisy(b, 0, std=0.1))
