@@ -10,6 +10,7 @@ which is all the RL and shortcut experiments need: a discrete token grid whose i
 the verifier can score. The mask token id is K = codebook_size, one past the last code.
 """
 
+import argparse
 import math
 
 import torch
@@ -109,3 +110,30 @@ class VQCodebook(nn.Module):
         if (tokens >= self.codebook_size).any() or (tokens < 0).any():
             raise ValueError(f"decode got ids outside [0, {self.codebook_size}): masked tokens left?")
         return unpatchify(self.codes.to(tokens.device)[tokens], self.patch)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Fit the VQ codebook and check that verdicts survive encode -> decode.")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--codebook-size", type=int, default=1024)
+    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--fit-images", type=int, default=4000)
+    ap.add_argument("--n", type=int, default=2000, help="held-out scenes to check")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    import rewards
+    g = torch.Generator().manual_seed(args.seed)
+    train = rewards.render(rewards.sample_prompts(args.fit_images, g), args.image_size, g)
+    vq = VQCodebook.fit(train, args.codebook_size, args.patch, g, progress=True)
+    prompts = rewards.sample_prompts(args.n, g)
+    images = rewards.render(prompts, args.image_size, g)
+    wrong = [rewards.perturb_prompt(p, g) for p in prompts]
+    noisy = (images + 0.03 * torch.randn(images.shape, generator=g)).clamp(0, 1)
+    print(f"codebook K={args.codebook_size}, {args.patch}x{args.patch} patches, fitted on {args.fit_images} "
+          f"{args.image_size}x{args.image_size} scenes")
+    for name, x in (("clean", images), ("noise std 0.03", noisy)):
+        recon = vq.decode(vq.encode(x))
+        ok = (rewards.reward(recon, prompts) >= 1).float().mean()
+        rej = (rewards.reward(recon, wrong) < 1).float().mean()
+        print(f"{name:>15}: reconstruction MSE {((recon - images) ** 2).mean():.2e}, "
+              f"true prompt satisfied {ok:.2%}, minimally wrong prompt rejected {rej:.2%}")

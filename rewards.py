@@ -520,7 +520,10 @@ if __name__ == "__main__":
     rw = reward(images, wrong)
     print(f"rendered {args.n} {args.image_size}x{args.image_size} scenes in {t_render:.2f}s")
     print(f"reward: {args.n} images in {t_reward:.3f}s ({args.n / t_reward:,.0f} images/s, {torch.get_num_threads()} threads)")
-    print(f"true prompts satisfied: {(r >= 1).float().mean():.2%}; minimally wrong prompts rejected: {(rw < 1).float().mean():.2%}")
+    noisy = (images + 0.03 * torch.randn(images.shape, generator=g)).clamp(0, 1)
+    for name, x in (("clean", images), ("noise std 0.03", noisy)):
+        ok, rej = (reward(x, prompts) >= 1).float().mean(), (reward(x, wrong) < 1).float().mean()
+        print(f"{name:>15}: true prompt satisfied {ok:.2%}, minimally wrong prompt rejected {rej:.2%}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     k = 16  # half true prompts, half wrong ones
     show_p = prompts[:k // 2] + wrong[:k // 2]
