@@ -8,13 +8,26 @@ decoding pastes the centroids back. On the toy world this is nearly lossless wit
 few hundred codes (the patches are flat colours plus a limited set of shape edges),
 which is all the RL and shortcut experiments need: a discrete token grid whose images
 the verifier can score. The mask token id is K = codebook_size, one past the last code.
+
+MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image tokens]
+(F.scaled_dot_product_attention, no causal mask). It predicts a code for every image
+position; the MaskGIT loss only scores the masked ones. Prompts are tokenised word by
+word over the grammar's fixed vocabulary (encode_prompts); an all-<null> prompt, learned
+by dropping prompts during pretraining, is the unconditional branch for classifier-free
+guidance. Simplified versus MaskGIT: no timestep input (the mask pattern says it all),
+learned absolute position embeddings, no weight tying.
 """
 
 import argparse
+import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+import rewards
 
 # ----------------------------------------------------------------------------------
 # VQ codebook (k-means on patches)
@@ -110,6 +123,135 @@ class VQCodebook(nn.Module):
         if (tokens >= self.codebook_size).any() or (tokens < 0).any():
             raise ValueError(f"decode got ids outside [0, {self.codebook_size}): masked tokens left?")
         return unpatchify(self.codes.to(tokens.device)[tokens], self.patch)
+
+
+
+# ----------------------------------------------------------------------------------
+# Prompt tokenisation (the grammar's words; every prompt fits in PROMPT_LEN words)
+
+WORDS = ("<pad>", "<null>", "a", "and", "of", *rewards.COUNT_WORDS, *rewards.COLORS, *rewards.SHAPES,
+         *[s + "s" for s in rewards.SHAPES], "left", "right", "above", "below")
+WORD_ID = {w: i for i, w in enumerate(WORDS)}
+PROMPT_LEN = 8  # "a red circle left of a blue square"
+
+
+def encode_prompts(prompts):
+    """list of B prompts -> (B, PROMPT_LEN) long word ids, <pad>-filled. ValueError outside the grammar."""
+    rows = []
+    for p in prompts:
+        rewards.parse_prompt(p)  # raises a clear error for anything outside the grammar
+        ids = [WORD_ID[w] for w in p.split(" ")]
+        rows.append(ids + [WORD_ID["<pad>"]] * (PROMPT_LEN - len(ids)))
+    return torch.tensor(rows, dtype=torch.long).view(len(rows), PROMPT_LEN)
+
+
+def null_prompts(n, device=None):
+    """(n, PROMPT_LEN) ids of the unconditional prompt (classifier-free guidance)."""
+    return torch.full((n, PROMPT_LEN), WORD_ID["<null>"], dtype=torch.long, device=device)
+
+
+# ----------------------------------------------------------------------------------
+# Masked transformer
+
+@dataclass
+class ModelConfig:
+    codebook_size: int = 1024  # K; the mask id is K
+    n_tokens: int = 64  # N = (image_size / patch)^2
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: int = 4
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Bidirectional attention."""
+
+    def __init__(self, d, n_heads, mlp_ratio):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
+
+    def forward(self, x):
+        B, S, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, S, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, S, D/heads), every token sees every token
+        x = x + self.proj(a.transpose(1, 2).reshape(B, S, D))
+        return x + self.mlp(self.ln2(x))
+
+
+class MaskedTransformer(nn.Module):
+    """forward(tokens (B, N) in [0, K], prompt_ids (B, L)) -> logits (B, N, K) [, features (B, N, D)]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        if D % cfg.n_heads:
+            raise ValueError(f"d_model {D} is not divisible by n_heads {cfg.n_heads}")
+        self.tok_emb = nn.Embedding(cfg.codebook_size + 1, D)  # +1: the mask token
+        self.pos_emb = nn.Parameter(torch.randn(1, cfg.n_tokens, D) * 0.02)
+        self.word_emb = nn.Embedding(len(WORDS), D)
+        self.word_pos = nn.Parameter(torch.randn(1, PROMPT_LEN, D) * 0.02)
+        self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(D)
+        self.head = nn.Linear(D, cfg.codebook_size)  # never predicts the mask id
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def mask_id(self):
+        return self.cfg.codebook_size
+
+    def embed_tokens(self, tokens):
+        """(B, N) ids -> (B, N, D) token + position embeddings (the shortcut model reuses these)."""
+        return self.tok_emb(tokens) + self.pos_emb[:, : tokens.shape[1]]
+
+    def forward(self, tokens, prompt_ids, return_features=False):
+        B, N = tokens.shape
+        if N != self.cfg.n_tokens:
+            raise ValueError(f"expected {self.cfg.n_tokens} image tokens, got {N}")
+        p = self.word_emb(prompt_ids) + self.word_pos  # (B, L, D)
+        x = torch.cat([p, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
+        for blk in self.blocks:
+            x = blk(x)
+        feats = self.ln_f(x[:, PROMPT_LEN:])  # (B, N, D): what the head reads
+        logits = self.head(feats)  # (B, N, K)
+        return (logits, feats) if return_features else logits
+
+
+def autocast(device):
+    """bf16 autocast on CUDA only; a no-op elsewhere."""
+    device = torch.device(device)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def cosine_mask_ratio(u):
+    """MaskGIT's training schedule: u ~ U(0, 1) -> fraction of tokens masked, cos(pi/2 * u)."""
+    return torch.cos(math.pi / 2 * u)
+
+
+def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1):
+    """Mask a cosine-schedule fraction of each row (at least one token), cross-entropy on masked tokens only.
+    A `prompt_drop` fraction of rows sees the null prompt, which teaches the unconditional branch."""
+    B, N = tokens.shape
+    dev = tokens.device
+    u = torch.rand(B, generator=generator, device=dev)
+    n_mask = (cosine_mask_ratio(u) * N).ceil().clamp(1, N)  # (B,)
+    rank = torch.rand(B, N, generator=generator, device=dev).argsort(1).argsort(1)  # random order per row
+    masked = rank < n_mask[:, None]  # (B, N) exactly n_mask per row
+    inp = torch.where(masked, torch.full_like(tokens, model.mask_id), tokens)
+    drop = torch.rand(B, generator=generator, device=dev) < prompt_drop
+    prompt_ids = torch.where(drop[:, None], null_prompts(B, dev), prompt_ids)
+    logits = model(inp, prompt_ids)  # (B, N, K)
+    return F.cross_entropy(logits[masked].float(), tokens[masked])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,226 @@
+"""
+MaskGIT parallel decoding, with the whole trajectory recorded for RL.
+
+Start from all-[MASK]; at step t = 0..T-1 the model predicts every position, a token is
+sampled at every masked position, and some of them are committed (kept for good):
+
+  confidence  MaskGIT (arXiv 2202.04200): after step t exactly mask_schedule(t, T, N) =
+              floor(N * cos(pi/2 * (t+1)/T)) tokens stay masked (each step commits at least
+              one, the last commits all); the ones kept are the most confident, confidence =
+              log p(sampled) + choice_temperature * (1 - (t+1)/T) * Gumbel noise.
+  stochastic  MaskGRPO's ancestral sampler (arXiv 2510.02880): every masked token is committed
+              independently with probability (k_t - k_{t+1}) / k_t, k_t = cos(pi/2 * t/T).
+              No confidence ordering, so rollouts are more diverse; the counts are random.
+
+Classifier-free guidance mixes a conditional and a null-prompt pass,
+logits = uncond + w * (cond - uncond) (constant w; the papers often ramp it up).
+Temperature divides the logits, and `token_temperature(logits, entropy, masked)` may
+return per-token temperatures (B, N) (focus.py plugs MaskFocus's entropy routing in here).
+All randomness comes from the explicit torch.Generator: same seed, same device, same images.
+"""
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from model import autocast, null_prompts
+
+
+def mask_counts(T, N):
+    """Tokens still masked after each step t = 0..T-1: floor(N cos(pi/2 (t+1)/T)), at least one
+    committed per step, zero after the last."""
+    if not 1 <= T <= N:
+        raise ValueError(f"need 1 <= steps <= tokens, got steps={T}, tokens={N}")
+    out, left = [], N
+    for t in range(T):
+        m = 0 if t == T - 1 else min(math.floor(N * math.cos(math.pi / 2 * (t + 1) / T)), left - 1)
+        m = max(m, T - 1 - t)  # leave at least one token for each later step
+        out.append(m)
+        left = m
+    return out
+
+
+def mask_schedule(t, T, N):
+    """Tokens still masked after step t (0-based) of T."""
+    return mask_counts(T, N)[t]
+
+
+@dataclass
+class Trajectory:
+    """What happened at every step t of a sampling run (T steps, B samples, N tokens, D features).
+
+    states     (T, B, N) long   the input at step t (mask id where masked); states[0] is all mask
+    committed  (T, B, N) bool   positions committed at step t; over t they partition the N positions
+    tokens     (T, B, N) long   the token sampled at every position at step t (kept where committed)
+    logp       (T, B, N) float  log-prob of tokens[t] under the sampling policy (CFG, temperatures)
+    entropy    (T, B, N) float  entropy of that policy at each position (0 where not masked)
+    x0         (T, B, N) long   predicted clean image at step t: known tokens + tokens[t] elsewhere
+    features   (T, B, N, D) float or None: the conditional branch's final features at step t
+    final      (B, N) long      the finished sample (== states[T-1] with the last commits applied)
+    prompt_ids (B, L) long; cfg_scale, temperature: the settings the policy was sampled with
+    """
+    states: torch.Tensor
+    committed: torch.Tensor
+    tokens: torch.Tensor
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    x0: torch.Tensor
+    features: Optional[torch.Tensor]
+    final: torch.Tensor
+    prompt_ids: torch.Tensor
+    cfg_scale: float
+    temperature: float
+
+
+def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False):
+    """Guided logits (B, N, K) in float32 for one step, [and the conditional features (B, N, D)]."""
+    B = state.shape[0]
+    with autocast(state.device):
+        if cfg_scale:
+            logits, feats = model(torch.cat([state, state]), torch.cat([prompt_ids, null_prompts(B, state.device)]),
+                                  return_features=True)
+            cond, uncond = logits.float().chunk(2)
+            logits, feats = uncond + cfg_scale * (cond - uncond), feats[:B]
+        else:
+            logits, feats = model(state, prompt_ids, return_features=True)
+    return (logits.float(), feats.float()) if return_features else logits.float()
+
+
+def gumbel(shape, generator, device):
+    u = torch.rand(shape, generator=generator, device=device).clamp_(1e-20, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def sample_step(logits, state, mask_id, t, T, n_masked_after, mode, choice_temperature, generator,
+                temperature=1.0, token_temperature=None):
+    """One decoding step from guided logits (B, N, K). Returns new state, committed, tokens, logp, entropy."""
+    masked = state == mask_id  # (B, N)
+    logits = logits / temperature
+    if token_temperature is not None:
+        ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        logits = logits / token_temperature(logits, ent * masked, masked)[..., None]  # (B, N, 1)
+    logp_all = logits.log_softmax(-1)  # (B, N, K)
+    tokens = (logp_all + gumbel(logp_all.shape, generator, logits.device)).argmax(-1)  # (B, N) ~ policy
+    logp = logp_all.gather(-1, tokens[..., None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * masked
+    if mode == "confidence":
+        r = (t + 1) / T
+        conf = logp + choice_temperature * (1 - r) * gumbel(logp.shape, generator, logits.device)
+        conf = conf.masked_fill(~masked, -math.inf)  # known positions are never re-committed
+        n_commit = int(masked[0].sum()) - n_masked_after
+        idx = conf.topk(n_commit, dim=1).indices
+        committed = torch.zeros_like(masked).scatter_(1, idx, True)
+    elif mode == "stochastic":
+        k_now, k_next = math.cos(math.pi / 2 * t / T), math.cos(math.pi / 2 * (t + 1) / T)
+        p = 1.0 if t == T - 1 else (k_now - k_next) / k_now
+        committed = masked & (torch.rand(masked.shape, generator=generator, device=logits.device) < p)
+    else:
+        raise ValueError(f"mode must be 'confidence' or 'stochastic', got {mode!r}")
+    return torch.where(committed, tokens, state), committed, tokens, logp, entropy
+
+
+@torch.no_grad()
+def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temperature=4.5,
+           mode="confidence", generator=None, record=False, token_temperature=None, record_features=False):
+    """Generate (B, N) tokens for prompt_ids (B, L). record=True -> (tokens, Trajectory)."""
+    B, N = prompt_ids.shape[0], model.cfg.n_tokens
+    dev = prompt_ids.device
+    counts = mask_counts(steps, N)
+    state = torch.full((B, N), model.mask_id, dtype=torch.long, device=dev)
+    rec = {k: [] for k in ("states", "committed", "tokens", "logp", "entropy", "x0", "features")}
+    for t in range(steps):
+        logits, feats = policy_logits(model, state, prompt_ids, cfg_scale, return_features=True)
+        new, committed, tokens, logp, entropy = sample_step(
+            logits, state, model.mask_id, t, steps, counts[t], mode, choice_temperature, generator,
+            temperature, token_temperature)
+        if record:
+            for k, v in zip(rec, (state, committed, tokens, logp, entropy,
+                                  torch.where(state == model.mask_id, tokens, state), feats)):
+                rec[k].append(v)
+        state = new
+    if not record:
+        return state
+    feats = torch.stack(rec.pop("features")) if record_features else (rec.pop("features"), None)[1]
+    traj = Trajectory(**{k: torch.stack(v) for k, v in rec.items()}, features=feats, final=state,
+                      prompt_ids=prompt_ids, cfg_scale=cfg_scale, temperature=temperature)
+    return state, traj
+
+
+def save_gif(frames, path, scale=4, ms=250):
+    """frames: list of (3, H, W) images in [0, 1] -> animated GIF (nearest-neighbour upscaled)."""
+    from PIL import Image
+    ims = []
+    for f in frames:
+        a = (f.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        im = Image.fromarray(a)
+        ims.append(im.resize((im.width * scale, im.height * scale), Image.NEAREST))
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=ms, loop=0)
+
+
+def trajectory_frames(vq, traj, i=0):
+    """Frames of sample i: the committed tokens after each step (masked spots black), then the final image."""
+    frames = []
+    for t in range(traj.states.shape[0]):
+        state = traj.states[t, i]
+        known = state != vq.mask_id
+        img = vq.decode(torch.where(known, state, 0)[None])[0]
+        p = vq.patch
+        keep = known.view(1, 1, -1).float()
+        g = int(math.isqrt(state.numel()))
+        keep = F.interpolate(keep.view(1, 1, g, g), scale_factor=p)[0]
+        frames.append(img * keep)
+    frames.append(vq.decode(traj.final[i:i + 1])[0])
+    return frames
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Sample from a checkpoint made by train.py: a PNG, a GIF, or a benchmark.")
+    ap.add_argument("--ckpt", default="out", help="train.py's output folder (codebook.pt, pretrain.pt / rl.pt)")
+    ap.add_argument("--prompt", default="a red circle left of a blue square")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the checkpoint's)")
+    ap.add_argument("--mode", default="confidence", choices=["confidence", "stochastic"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=8, help="samples to draw for --prompt")
+    ap.add_argument("--bench", action="store_true", help="print images/s instead")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    import os
+    import rewards
+    import train
+    from model import encode_prompts
+    dev = train.pick_device(args.device)
+    model, vq, cfg = train.load_generator(args.ckpt, dev)
+    cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg
+    g = torch.Generator(dev).manual_seed(args.seed)
+    if args.bench:
+        prompts = rewards.sample_prompts(args.batch, torch.Generator().manual_seed(0))
+        ids = encode_prompts(prompts).to(dev)
+        sample(model, ids[:8], args.steps, cfg_scale, generator=g)  # warm-up
+        times = []
+        for _ in range(3):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            sample(model, ids, args.steps, cfg_scale, mode=args.mode, generator=g)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        best = min(times)
+        print(f"{dev.type}: batch {args.batch}, T={args.steps}, cfg {cfg_scale}: {args.batch / best:,.1f} images/s "
+              f"({1000 * best / args.batch:.2f} ms/image, best of 3)")
+    else:
+        ids = encode_prompts([args.prompt] * args.n).to(dev)
+        tokens, traj = sample(model, ids, args.steps, cfg_scale, mode=args.mode, generator=g, record=True)
+        images = vq.decode(tokens)
+        r = rewards.reward(images, [args.prompt] * args.n)
+        os.makedirs("out", exist_ok=True)
+        rewards.save_grid(images, rewards.verdict_captions([args.prompt] * args.n, r), "out/sample.png")
+        save_gif(trajectory_frames(vq, traj), "out/sample.gif")
+        print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote out/sample.png and out/sample.gif")
