@@ -13,6 +13,7 @@ with its verdict), out/trajectory.gif (one unmasking), checkpoints out/*.pt.
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import grpo
 import rewards
 from model import MaskedTransformer, ModelConfig, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample, save_gif, trajectory_frames
@@ -48,26 +50,38 @@ class Config:
     # pretraining (training scenes are rendered on the fly: unlimited fresh data)
     pretrain_steps: int = 1500
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.05
     prompt_drop: float = 0.1
     # sampling and evaluation
     sample_steps: int = 12
     cfg_scale: float = 2.0
-    temperature: float = 1.0
+    temperature: float = 0.8
     choice_temperature: float = 4.5
     eval_prompts: int = 400  # fixed, seeded, balanced over the four categories
     eval_samples: int = 3  # samples per prompt
     eval_batch: int = 400
+    # RL (GRPO, grpo.py)
+    rl_updates: int = 60
+    rl_prompts: int = 8  # prompts per update
+    group_size: int = 8  # samples per prompt (G)
+    rl_lr: float = 2e-5
+    rl_mu: int = 1  # inner updates per rollout batch
+    rl_estimator: str = "remask"  # remask | replay
+    rl_steps: str = "random"  # all | random
+    rl_k: int = 4  # scored steps when rl_steps is random
+    clip_eps: float = 0.2
+    beta: float = 0.01
 
 
 PRESETS = {
     "tiny": dict(image_size=32, fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
-                 batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16),
+                 batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16,
+                 rl_updates=3, rl_prompts=2, group_size=4),
     "cpu": dict(),  # the Config defaults
     "gpu": dict(image_size=64, d_model=384, n_layers=8, n_heads=6, pretrain_steps=3000, batch_size=256,
-                lr=6e-4, warmup=200, eval_batch=1200),
+                lr=1e-3, warmup=200, eval_batch=1200),
 }
 
 # the config fields each stage's result depends on (its own and its inputs')
@@ -77,6 +91,9 @@ STAGE_FIELDS = {
     "pretrain": ["d_model", "n_layers", "n_heads", "pretrain_steps", "batch_size", "lr", "warmup",
                  "weight_decay", "prompt_drop"],
     "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
+    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_steps", "rl_k",
+           "clip_eps", "beta"],
+    "eval_rl": [],
 }
 
 
@@ -291,14 +308,67 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
                                       rewards=r, n=len(prompts)))
 
 
+def stage_rl(cfg, model, vq, dev):
+    """GRPO from the pretrained weights against a frozen copy of them (the KL reference)."""
+    if (ck := load_stage(cfg, "rl")) is not None:
+        model.load_state_dict(ck["state"])
+        return model, ck
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    g_prompts = torch.Generator().manual_seed(cfg.seed + 4)
+    g = torch.Generator(dev).manual_seed(cfg.seed + 5)
+    vq_dev = vq.to(dev)
+    log, t0 = [], time.time()
+    bar = tqdm(range(cfg.rl_updates), desc="rl")
+    for u in bar:
+        prompts = rewards.sample_prompts(cfg.rl_prompts, g_prompts)
+        flat_prompts = [p for p in prompts for _ in range(cfg.group_size)]
+        score = lambda tok: rewards.reward(vq_dev.decode(tok).cpu(), flat_prompts)
+        s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size,
+                         dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                              mode="stochastic"),
+                         steps=cfg.rl_steps, k=cfg.rl_k, estimator=cfg.rl_estimator, mu=cfg.rl_mu,
+                         clip_eps=cfg.clip_eps, beta=cfg.beta, generator=g)
+        s = dict(update=u, seconds=round(time.time() - t0, 1), **s)
+        log.append(s)
+        log_metrics(cfg, stage="rl", **s)
+        recent = log[-10:]
+        bar.set_postfix(reward=f"{sum(x['reward'] for x in recent) / len(recent):.3f}", kl=f"{s['kl']:.4f}")
+    vq.cpu()
+    draw_curve([x["reward"] for x in log], os.path.join(cfg.out, "rl_reward.png"), "rollout reward per update")
+    return model, save_stage(cfg, "rl", dict(state=state_dict(model), log=log, seconds=time.time() - t0))
+
+
+def draw_curve(values, path, title, w=480, h=240, pad=30):
+    """A line plot with Pillow: raw values in grey, a 10-point running mean in blue."""
+    from PIL import Image, ImageDraw
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    lo, hi = min(values + [0.0]), max(values + [1e-9])
+    xy = lambda i, v: (pad + (w - 2 * pad) * i / max(1, len(values) - 1), h - pad - (h - 2 * pad) * (v - lo) / (hi - lo))
+    smooth = [sum(values[max(0, i - 9):i + 1]) / len(values[max(0, i - 9):i + 1]) for i in range(len(values))]
+    for vals, color in ((values, (180, 180, 180)), (smooth, (40, 80, 220))):
+        if len(vals) > 1:
+            d.line([xy(i, v) for i, v in enumerate(vals)], fill=color, width=2)
+    d.rectangle([pad, pad, w - pad, h - pad], outline="black")
+    d.text((pad, 8), f"{title}  (min {lo:.2f}, max {hi:.2f})", fill="black")
+    im.save(path)
+
+
 def write_trajectory_gif(cfg, model, vq, dev, prompt="a red circle left of a blue square"):
     g = torch.Generator(dev).manual_seed(cfg.seed)
     _, traj = sample(model, encode_prompts([prompt]).to(dev), cfg.sample_steps, cfg.cfg_scale, generator=g, record=True)
     save_gif(trajectory_frames(vq, traj), os.path.join(cfg.out, "trajectory.gif"))
 
 
-def write_report(cfg, dev, vq_mse, pre, ev):
+def acc_row(name, ev):
     acc = ev["accuracy"]
+    return (f"| {name} | {acc['overall']:.1%} | " + " | ".join(f"{acc[c]:.1%}" for c in rewards.CATEGORIES)
+            + f" | {ev['reward']:.3f} | {ev['quality']:.3f} |")
+
+
+def write_report(cfg, dev, vq_mse, res):
+    pre = res["pretrain"]
     lines = [
         "# Report", "",
         f"Preset `{cfg.preset}` on `{dev}`; command: `python {' '.join(sys.argv)}`", "",
@@ -309,14 +379,20 @@ def write_report(cfg, dev, vq_mse, pre, ev):
         f"| {pre['params'] / 1e6:.2f}M | {cfg.pretrain_steps} x {cfg.batch_size} | {pre['first_loss']:.2f} -> "
         f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} |", "",
         f"Evaluation: {cfg.eval_prompts} prompts x {cfg.eval_samples} samples, T={cfg.sample_steps}, "
-        f"CFG {cfg.cfg_scale}, confidence sampling.", "",
-        "| model | overall | " + " | ".join(rewards.CATEGORIES) + " | quality FD (lower is better) |",
-        "| --- | --- | " + " | ".join("---" for _ in rewards.CATEGORIES) + " | --- |",
-        f"| pretrained | {acc['overall']:.1%} | " + " | ".join(f"{acc[c]:.1%}" for c in rewards.CATEGORIES)
-        + f" | {ev['quality']:.3f} |", "",
+        f"CFG {cfg.cfg_scale}, temperature {cfg.temperature}, confidence sampling; accuracy = reward 1.0.", "",
+        "| model | overall | " + " | ".join(rewards.CATEGORIES) + " | mean reward | quality FD (lower is better) |",
+        "| --- | --- | " + " | ".join("---" for _ in rewards.CATEGORIES) + " | --- | --- |",
+        acc_row("pretrained", res["eval_pretrain"]),
     ]
+    if "eval_rl" in res:
+        rl = res["rl"]
+        lines += [acc_row("after RL", res["eval_rl"]), "", "## RL (GRPO)", "",
+                  f"{cfg.rl_updates} updates x {cfg.rl_prompts} prompts x G={cfg.group_size}, estimator "
+                  f"`{cfg.rl_estimator}`, steps `{cfg.rl_steps}` (k={cfg.rl_k}), mu={cfg.rl_mu}, lr {cfg.rl_lr}, "
+                  f"beta {cfg.beta}: {rl['seconds']:.0f}s. Reward curve: `rl_reward.png`; before/after samples "
+                  f"(same prompts and seeds): `samples_pretrain.png`, `samples_rl.png`."]
     with open(os.path.join(cfg.out, "report.md"), "w") as f:
-        f.write("\n".join(lines))
+        f.write("\n".join(lines) + "\n")
 
 
 def load_generator(out, dev):
@@ -340,12 +416,15 @@ def main(argv=None):
     data = stage_data(cfg)
     vq = stage_codebook(cfg, data)
     model, pre = stage_pretrain(cfg, vq, dev)
-    ev = stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev)
+    res = dict(cfg=cfg, pretrain=pre, eval_pretrain=stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev))
     write_trajectory_gif(cfg, model, vq, dev)
+    if cfg.rl_updates > 0:
+        model, res["rl"] = stage_rl(cfg, model, vq, dev)
+        res["eval_rl"] = stage_evaluate(cfg, "eval_rl", model, vq, data, dev)
     vq_mse = torch.load(os.path.join(cfg.out, "codebook.pt"), weights_only=False)["mse"]
-    write_report(cfg, dev, vq_mse, pre, ev)
+    write_report(cfg, dev, vq_mse, res)
     print(f"done in {time.time() - t0:.0f}s; see {cfg.out}/report.md")
-    return dict(cfg=cfg, pretrain=pre, eval_pretrain=ev)
+    return res
 
 
 if __name__ == "__main__":

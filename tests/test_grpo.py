@@ -1,0 +1,85 @@
+import math
+
+import torch
+
+from grpo import group_advantages, grpo_loss, remask_logp, remask_masks, replay_logp
+from model import MaskedTransformer, ModelConfig, encode_prompts
+from sample import sample
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 1.0])
+    adv, flat = group_advantages(r, 4, eps=1e-4)
+    s = 0.5 / (0.5 + 1e-4)  # group 1: mean 0.5, population std 0.5
+    assert torch.allclose(adv[:4], torch.tensor([s, -s, s, -s]))
+    assert (adv[4:8] == 0).all()  # all equal: zero advantage, not 0/0
+    std3 = math.sqrt(3) / 4  # group 3: mean 1/4
+    assert torch.allclose(adv[8:], torch.tensor([-0.25, -0.25, -0.25, 0.75]) / (std3 + 1e-4))
+    assert abs(flat - 1 / 3) < 1e-6
+
+
+def test_grpo_loss_matches_a_direct_computation():
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.5, -2.5]])
+    old = torch.tensor([[-1.5, -1.0, -0.5], [-0.3, -2.0, -1.0]])  # ratios e^.5 (clipped up), e^-1 (clipped down), 1, ...
+    ref = torch.tensor([[-1.2, -2.0, -0.1], [-0.6, -1.0, -2.0]])
+    adv = torch.tensor([2.0, -1.0])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    w = torch.tensor([[1.0, 0.5, 1.0], [2.0, 1.0, 0.25]])
+    eps, beta = 0.2, 0.1
+    loss, stats = grpo_loss(logp, old, ref, adv, mask, w, eps, beta)
+    total, n, kls = 0.0, 0, []
+    for b in range(2):
+        for j in range(3):
+            if not mask[b, j]:
+                continue
+            rho = math.exp(logp[b, j] - old[b, j])
+            A = adv[b].item()
+            sur = -min(rho * A, min(max(rho, 1 - eps), 1 + eps) * A) * w[b, j].item()
+            d = (ref[b, j] - logp[b, j]).item()
+            kl = math.exp(d) - d - 1
+            total += sur + beta * kl
+            kls.append(kl)
+            n += 1
+    assert abs(loss.item() - total / n) < 1e-5
+    assert abs(stats["kl"] - sum(kls) / n) < 1e-5
+    # clipped entries: rho = e^.5 (b0 j0), e^-1 (b0 j1), e^.5 (b1 j1), e^-1.5 (b1 j2); unclipped: b1 j0 (rho 1)
+    assert abs(stats["clip_frac"] - 4 / 5) < 1e-6
+    # the unclipped branch carries gradient, the clipped-and-binding one does not
+    lp = logp.clone().requires_grad_(True)
+    grpo_loss(lp, old, ref, adv, mask, None, eps, 0.0)[0].backward()
+    assert lp.grad[0, 0] == 0  # A > 0 and rho > 1 + eps: clipped, no gradient
+    assert lp.grad[1, 0] != 0  # rho = 1: the surrogate's gradient is -A / n
+    assert abs(lp.grad[1, 0].item() - (1.0 / 5)) < 1e-6
+    assert lp.grad[0, 2] == 0  # masked out
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return MaskedTransformer(ModelConfig(codebook_size=16, n_tokens=16, d_model=32, n_layers=1, n_heads=2)).eval()
+
+
+def test_replay_logp_equals_the_recorded_policy():
+    m = tiny_model()
+    ids = encode_prompts(["a red circle", "two blue squares"])
+    _, tr = sample(m, ids, 4, cfg_scale=1.5, temperature=0.8, mode="stochastic",
+                   generator=torch.Generator().manual_seed(0), record=True)
+    with torch.no_grad():
+        lp, mask = replay_logp(m, tr, [0, 2, 3])
+    want = tr.logp[[0, 2, 3]].transpose(0, 1)
+    assert mask.shape == lp.shape == (2, 3, 16)
+    assert torch.equal(mask, tr.committed[[0, 2, 3]].transpose(0, 1))
+    assert torch.allclose(lp[mask], want[mask], atol=1e-5)
+
+
+def test_remask_masks_exactly_the_steps_count():
+    m = tiny_model()
+    ids = encode_prompts(["a red circle", "two blue squares", "a green circle"])
+    _, tr = sample(m, ids, 5, generator=torch.Generator().manual_seed(0), record=True)
+    steps = [0, 1, 4]
+    masks = remask_masks(tr, steps, m.mask_id, torch.Generator().manual_seed(1))
+    want = (tr.states[steps] == m.mask_id).sum(-1).T  # (B, S)
+    assert torch.equal(masks.sum(-1), want)
+    assert masks[:, 0].all()  # step 0 had everything masked
+    with torch.no_grad():
+        lp = remask_logp(m, tr.final, ids, masks, m.mask_id)
+    assert lp.shape == (3, 3, 16) and (lp <= 0).all()

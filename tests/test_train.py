@@ -1,0 +1,72 @@
+import os
+
+import pytest
+import torch
+
+import train
+from model import MaskedTransformer, ModelConfig, encode_prompts, maskgit_loss
+
+
+def test_pretraining_loss_falls():
+    torch.manual_seed(0)
+    m = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    ids = encode_prompts(["a red circle", "a blue square"])
+    data = torch.tensor([[1] * 8 + [2] * 8, [3] * 16])  # a learnable mapping prompt -> tokens
+    losses = []
+    for _ in range(60):
+        loss = maskgit_loss(m, data, ids, g)
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_loss_only_on_masked_tokens():
+    torch.manual_seed(0)
+    m = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
+    tok = torch.randint(0, 8, (4, 16))
+    ids = encode_prompts(["a red circle"] * 4)
+    # the same masks (same generator) with different values at unmasked spots: unmasked values are
+    # inputs, not targets, so only a change at a masked spot may change the loss's targets
+    l1 = maskgit_loss(m, tok, ids, torch.Generator().manual_seed(1), prompt_drop=0)
+    g = torch.Generator().manual_seed(1)
+    u = torch.rand(4, generator=g)
+    rank = torch.rand(4, 16, generator=g).argsort(1).argsort(1)
+    masked = rank < (torch.cos(torch.pi / 2 * u) * 16).ceil().clamp(1, 16)[:, None]
+    assert masked.any() and (~masked).any()
+    logits = m(torch.where(masked, torch.full_like(tok, 8), tok), ids)
+    want = torch.nn.functional.cross_entropy(logits[masked], tok[masked])
+    assert torch.allclose(l1, want, atol=1e-5)
+
+
+def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    res = train.main(["--preset", "tiny", "--out", out])
+    for f in ["data.pt", "codebook.pt", "pretrain.pt", "eval_pretrain.pt", "report.md", "metrics.jsonl",
+              "samples_pretrain.png", "trajectory.gif", "rl.pt", "eval_rl.pt", "samples_rl.png", "rl_reward.png"]:
+        assert os.path.exists(os.path.join(out, f)), f
+    acc = res["eval_pretrain"]["accuracy"]
+    assert set(acc) == {"overall", "single", "two", "counting", "position"}
+    assert len(res["rl"]["log"]) == 3 and all(0 <= x["zero_std_groups"] <= 1 for x in res["rl"]["log"])
+    mtime = os.path.getmtime(os.path.join(out, "pretrain.pt"))
+    capsys.readouterr()
+    train.main(["--preset", "tiny", "--out", out])  # resume: every stage skipped
+    assert "[pretrain] checkpoint matches the config: skipped" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(out, "pretrain.pt")) == mtime
+    with pytest.raises(SystemExit, match="lr: checkpoint 0.003 vs now 0.002"):
+        train.main(["--preset", "tiny", "--out", out, "--lr", "0.002"])
+    assert not any(f.endswith(".tmp") for f in os.listdir(out))
+
+
+def test_bad_flags_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--no-such-flag", "1"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_config(["--lr", "fast"])
+    assert "invalid float value: 'fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.parse_config(["--preset", "huge"])
+    cfg = train.parse_config(["--preset", "tiny", "--pretrain-steps", "7"])
+    assert cfg.pretrain_steps == 7 and cfg.d_model == train.PRESETS["tiny"]["d_model"]
