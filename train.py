@@ -84,6 +84,9 @@ PRESETS = {
                 lr=1e-3, warmup=200, eval_batch=1200),
 }
 
+CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
+           "rl_estimator": ["remask", "replay"], "rl_steps": ["all", "random"]}
+
 # the config fields each stage's result depends on (its own and its inputs')
 STAGE_FIELDS = {
     "data": ["seed", "image_size", "fit_images", "eval_prompts", "eval_samples"],
@@ -115,13 +118,12 @@ def parse_config(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            ap.add_argument(flag, action="store_true", help=f"(default off)")
-        elif f.name == "preset":
-            ap.add_argument(flag, choices=["auto", *PRESETS], default=None)
+        if f.type is bool:
+            ap.add_argument(flag, action="store_true", help="(default off)")
+        elif f.name in CHOICES:
+            ap.add_argument(flag, choices=CHOICES[f.name], default=None)
         else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-            ap.add_argument(flag, type=typ, default=None, help=f"default {f.default} (or the preset's)")
+            ap.add_argument(flag, type=f.type, default=None, help=f"default {f.default} (or the preset's)")
     args = ap.parse_args(argv)  # unknown or ill-typed flags exit here with argparse's message
     preset = args.preset or "auto"
     if preset == "auto":

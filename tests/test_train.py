@@ -68,5 +68,7 @@ def test_bad_flags_are_refused(capsys):
     assert "invalid float value: 'fast'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train.parse_config(["--preset", "huge"])
+    with pytest.raises(SystemExit):
+        train.parse_config(["--rl-estimator", "magic"])
     cfg = train.parse_config(["--preset", "tiny", "--pretrain-steps", "7"])
     assert cfg.pretrain_steps == 7 and cfg.d_model == train.PRESETS["tiny"]["d_model"]
