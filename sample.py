@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from model import autocast, null_prompts
 
@@ -132,22 +131,24 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
     dev = prompt_ids.device
     counts = mask_counts(steps, N)
     state = torch.full((B, N), model.mask_id, dtype=torch.long, device=dev)
-    rec = {k: [] for k in ("states", "committed", "tokens", "logp", "entropy", "x0", "features")}
+    names = ["states", "committed", "tokens", "logp", "entropy", "x0"] + (["features"] if record_features else [])
+    rec = {k: [] for k in names}
     for t in range(steps):
         logits, feats = policy_logits(model, state, prompt_ids, cfg_scale, return_features=True)
         new, committed, tokens, logp, entropy = sample_step(
             logits, state, model.mask_id, t, steps, counts[t], mode, choice_temperature, generator,
             temperature, token_temperature)
         if record:
-            for k, v in zip(rec, (state, committed, tokens, logp, entropy,
-                                  torch.where(state == model.mask_id, tokens, state), feats)):
+            x0 = torch.where(state == model.mask_id, tokens, state)  # the step's guess of the clean image
+            for k, v in zip(rec, (state, committed, tokens, logp, entropy, x0, feats)):
                 rec[k].append(v)
         state = new
     if not record:
         return state
-    feats = torch.stack(rec.pop("features")) if record_features else (rec.pop("features"), None)[1]
-    traj = Trajectory(**{k: torch.stack(v) for k, v in rec.items()}, features=feats, final=state,
-                      prompt_ids=prompt_ids, cfg_scale=cfg_scale, temperature=temperature)
+    rec = {k: torch.stack(v) for k, v in rec.items()}
+    feats = rec.pop("features", None)
+    traj = Trajectory(**rec, features=feats, final=state, prompt_ids=prompt_ids, cfg_scale=cfg_scale,
+                      temperature=temperature)
     return state, traj
 
 
@@ -167,12 +168,10 @@ def trajectory_frames(vq, traj, i=0):
     frames = []
     for t in range(traj.states.shape[0]):
         state = traj.states[t, i]
-        known = state != vq.mask_id
-        img = vq.decode(torch.where(known, state, 0)[None])[0]
-        p = vq.patch
-        keep = known.view(1, 1, -1).float()
-        g = int(math.isqrt(state.numel()))
-        keep = F.interpolate(keep.view(1, 1, g, g), scale_factor=p)[0]
+        known = state != vq.mask_id  # (N,)
+        img = vq.decode(torch.where(known, state, 0)[None])[0]  # (3, H, W); masked spots show code 0
+        g, p = math.isqrt(state.numel()), vq.patch
+        keep = known.view(g, g).repeat_interleave(p, 0).repeat_interleave(p, 1).float()  # (H, W)
         frames.append(img * keep)
     frames.append(vq.decode(traj.final[i:i + 1])[0])
     return frames

@@ -14,7 +14,7 @@ def model():
 
 
 def prompts(n):
-    return encode_prompts(["a red circle", "three blue squares", "a green triangle above a red circle"][:n] * 1)
+    return encode_prompts(["a red circle", "three blue squares", "a green triangle above a red circle"][:n])
 
 
 def test_mask_schedule_by_hand():
