@@ -130,7 +130,8 @@ def parse_config(argv=None):
         preset = "gpu" if torch.cuda.is_available() else "cpu"
         print(f"preset: {preset} ({'CUDA found' if preset == 'gpu' else 'no CUDA: the CPU preset'})")
     cfg = Config(preset=preset, **PRESETS[preset])
-    overrides = {k: v for k, v in vars(args).items() if v not in (None, False) and k != "preset"}
+    # None: flag not given; False: a store_true flag not given (0 and 0.0 are real values)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "preset"}
     cfg = dataclasses.replace(cfg, **overrides)
     if cfg.image_size % cfg.patch:
         ap.error(f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}")

@@ -70,5 +70,6 @@ def test_bad_flags_are_refused(capsys):
         train.parse_config(["--preset", "huge"])
     with pytest.raises(SystemExit):
         train.parse_config(["--rl-estimator", "magic"])
-    cfg = train.parse_config(["--preset", "tiny", "--pretrain-steps", "7"])
+    cfg = train.parse_config(["--preset", "tiny", "--pretrain-steps", "7", "--rl-updates", "0", "--beta", "0"])
+    assert cfg.rl_updates == 0 and cfg.beta == 0.0  # zero is a value, not "flag absent"
     assert cfg.pretrain_steps == 7 and cfg.d_model == train.PRESETS["tiny"]["d_model"]
