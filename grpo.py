@@ -118,7 +118,10 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     chosen = choose_steps(traj.states.shape[0], steps, k, generator)
     masks = remask_masks(traj, chosen, model.mask_id, generator) if estimator == "remask" else None
     with torch.no_grad():  # the rollout policy and the frozen reference, on the same masks
-        old, mask = policy_logp(model, traj, chosen, estimator, masks)
+        if estimator == "replay":  # the sampler already recorded the rollout policy's log-probs
+            old, mask = traj.logp[chosen].transpose(0, 1), traj.committed[chosen].transpose(0, 1)
+        else:
+            old, mask = policy_logp(model, traj, chosen, estimator, masks)
         ref, _ = policy_logp(ref_model, traj, chosen, estimator, masks)
     model.train()
     stats, skipped = {}, 0

@@ -180,6 +180,11 @@ def perturb_prompt(prompt, generator):
 # ----------------------------------------------------------------------------------
 # Renderer
 
+def _centroid_drop(shape, s):
+    """How far below its box centre a shape's centroid lies (a triangle's is 2/3 down from the apex)."""
+    return s / 6 if shape == "triangle" else 0.0
+
+
 def _place(objs, rel, H, generator, tries=200):
     """Random (cx, cy, size) per object: inside the image, boxes >= gap apart, relation held."""
     gap = max(2.0, H / 16)
@@ -202,9 +207,8 @@ def _place(objs, rel, H, generator, tries=200):
             if rel is not None and k == 1:  # put the second object in line with the first, up to H/16
                 ax, ay, a_s = boxes[0]
                 jitter = (2 * ux - 1) * H / 16
-                if rel in ("left of", "right of"):  # line up the centroids (a triangle's is s/6 low)
-                    t = lambda sh, sz: sz / 6 if sh == "triangle" else 0.0
-                    cy = ay + t(objs[0][1], a_s) - t(shape, s) + jitter
+                if rel in ("left of", "right of"):  # line up the centroids, not the boxes
+                    cy = ay + _centroid_drop(objs[0][1], a_s) - _centroid_drop(shape, s) + jitter
                     cy = min(max(cy, 1 + s / 2), H - 1 - s / 2)
                 else:
                     cx = min(max(ax + jitter, 1 + s / 2), H - 1 - s / 2)
@@ -216,10 +220,9 @@ def _place(objs, rel, H, generator, tries=200):
             for i, a in enumerate(boxes) for b in boxes[:i]
         )
         if ok and rel is not None:
-            # centroids (a triangle's lies 2/3 down from its apex) must be on the named side by
-            # REL_MARGIN*H plus a pixel, and within H/16 on the other axis so no other relation holds
-            (ax, ay), (bx, by) = [(c[0], c[1] + (s / 6 if o[1] == "triangle" else 0)) for c, s, o in
-                                  zip(boxes, (boxes[0][2], boxes[1][2]), objs)]
+            # centroids must be on the named side by REL_MARGIN*H plus a pixel, and within H/16 on
+            # the other axis so no other relation holds
+            (ax, ay), (bx, by) = [(cx, cy + _centroid_drop(o[1], s)) for (cx, cy, s), o in zip(boxes, objs)]
             along, across = {"left of": (bx - ax, ay - by), "right of": (ax - bx, ay - by),
                              "above": (by - ay, ax - bx), "below": (ay - by, ax - bx)}[rel]
             ok = along >= REL_MARGIN * H + 1 and abs(across) <= H / 16
