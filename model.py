@@ -257,22 +257,23 @@ def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Fit the VQ codebook and check that verdicts survive encode -> decode.")
     ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--codebook-size", type=int, default=1024)
-    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--codebook-size", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--grid", type=int, default=8, help="objects on this pixel grid (1: anywhere)")
     ap.add_argument("--fit-images", type=int, default=4000)
     ap.add_argument("--n", type=int, default=2000, help="held-out scenes to check")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import rewards
     g = torch.Generator().manual_seed(args.seed)
-    train = rewards.render(rewards.sample_prompts(args.fit_images, g), args.image_size, g)
+    train = rewards.render(rewards.sample_prompts(args.fit_images, g), args.image_size, g, grid=args.grid)
     vq = VQCodebook.fit(train, args.codebook_size, args.patch, g, progress=True)
     prompts = rewards.sample_prompts(args.n, g)
-    images = rewards.render(prompts, args.image_size, g)
+    images = rewards.render(prompts, args.image_size, g, grid=args.grid)
     wrong = [rewards.perturb_prompt(p, g) for p in prompts]
     noisy = (images + 0.03 * torch.randn(images.shape, generator=g)).clamp(0, 1)
     print(f"codebook K={args.codebook_size}, {args.patch}x{args.patch} patches, fitted on {args.fit_images} "
-          f"{args.image_size}x{args.image_size} scenes")
+          f"{args.image_size}x{args.image_size} scenes (grid {args.grid})")
     for name, x in (("clean", images), ("noise std 0.03", noisy)):
         recon = vq.decode(vq.encode(x))
         ok = (rewards.reward(recon, prompts) >= 1).float().mean()

@@ -44,7 +44,6 @@ and y separately (edge placement and sharpness, 32 numbers). It is an FID analog
 import argparse
 import functools
 import math
-import textwrap
 import time
 
 import torch
@@ -185,10 +184,14 @@ def _centroid_drop(shape, s):
     return s / 6 if shape == "triangle" else 0.0
 
 
-def _place(objs, rel, H, generator, tries=200):
-    """Random (cx, cy, size) per object: inside the image, boxes >= gap apart, relation held."""
+def _place(objs, rel, H, generator, tries=1000, grid=1):
+    """Random (cx, cy, size) per object: inside the image, boxes >= gap apart, relation held.
+    grid > 1 snaps sizes and box corners to multiples of grid pixels."""
     gap = max(2.0, H / 16)
     lo, hi = MIN_SIZE * H, MAX_SIZE * H
+    sizes = [v for v in range(grid, H + 1, grid) if lo <= v <= hi]
+    if not sizes:
+        raise ValueError(f"no object size between {lo} and {hi} is a multiple of grid={grid}")
     for attempt in range(tries):
         shrink = 1.0 - 0.5 * attempt / tries  # crowded scenes get smaller sizes as attempts fail
         u = torch.rand(len(objs), 3, generator=generator).tolist()
@@ -214,6 +217,10 @@ def _place(objs, rel, H, generator, tries=200):
                     cx = min(max(ax + jitter, 1 + s / 2), H - 1 - s / 2)
             s = float(min(max(round(s), math.ceil(lo)), math.floor(hi)))  # integer geometry
             cx, cy = round(cx - s / 2) + s / 2, round(cy - s / 2) + s / 2
+            if grid > 1:  # token-aligned objects: size and top-left corner on the grid
+                s = float(min(sizes, key=lambda v: abs(v - s)))
+                snap = lambda c: min(max(round((c - s / 2) / grid) * grid, 0), H - s) + s / 2
+                cx, cy = snap(cx), snap(cy)
             boxes.append((cx, cy, s))
         ok = all(
             max(abs(a[0] - b[0]) - (a[2] + b[2]) / 2, abs(a[1] - b[1]) - (a[2] + b[2]) / 2) >= gap
@@ -246,20 +253,22 @@ def shape_coverage(shape_ids, cx, cy, size, H):
     return (0.5 - sd).clamp(0, 1)
 
 
-def render(prompts, image_size, generator, antialias=False):
+def render(prompts, image_size, generator, antialias=False, grid=1):
     """A random scene satisfying each prompt -> (B, 3, H, W) float in [0, 1].
 
     Shapes have integer sizes and positions and, by default, hard edges (a pixel is in when its
     centre is): that keeps the set of distinct 4x4 patches small (~1000), so a k-means codebook
     reconstructs scenes almost exactly. antialias=True draws soft edges instead (the verifier
-    handles both)."""
+    handles both). grid=p puts every object on the p x p patch grid (sizes and corners multiples
+    of p): then each shape of each size is always the same few codes, which a small model learns
+    far faster (train.py uses grid = patch)."""
     H = image_size
     if H < 16:
         raise ValueError(f"image_size must be >= 16, got {H}")
     img_idx, colors, shapes, cxs, cys, sizes = [], [], [], [], [], []
     for b, p in enumerate(prompts):
         _, objs, rel = parse_prompt(p)
-        for (color, shape), (cx, cy, s) in zip(objs, _place(objs, rel, H, generator)):
+        for (color, shape), (cx, cy, s) in zip(objs, _place(objs, rel, H, generator, grid=grid)):
             img_idx.append(b); colors.append(COLOR_NAMES.index(color)); shapes.append(SHAPES.index(shape))
             cxs.append(cx); cys.append(cy); sizes.append(s)
     cov = shape_coverage(torch.tensor(shapes), torch.tensor(cxs), torch.tensor(cys), torch.tensor(sizes), H)
@@ -476,44 +485,19 @@ def quality(images_a, images_b):
     return frechet_distance(quality_features(images_a), quality_features(images_b))
 
 
-# ----------------------------------------------------------------------------------
-# Pictures
-
-def save_grid(images, captions, path, cell=128, cols=8):
-    """A PNG grid: each image upscaled (nearest) to `cell` pixels with its caption beneath."""
-    from PIL import Image, ImageDraw, ImageFont
-    font = ImageFont.load_default()
-    rows = math.ceil(len(images) / cols)
-    line_h, n_lines = 11, 4
-    out = Image.new("RGB", (cols * cell, rows * (cell + line_h * n_lines)), (255, 255, 255))
-    draw = ImageDraw.Draw(out)
-    arr = (images.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    for i, (im, cap) in enumerate(zip(arr, captions)):
-        x, y = (i % cols) * cell, (i // cols) * (cell + line_h * n_lines)
-        out.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (x, y))
-        lines = textwrap.wrap(cap, width=cell // 6)  # about 6 px per character
-        color = (0, 140, 0) if "[ok]" in cap else (200, 0, 0) if "[x]" in cap else (0, 0, 0)
-        for j, line in enumerate(lines[:n_lines]):
-            draw.text((x + 2, y + cell + j * line_h), line, fill=color, font=font)
-    out.save(path)
-
-
-def verdict_captions(prompts, rewards):
-    return [f"{p} [{'ok' if r >= 1.0 else 'x'}] {r:.2f}" for p, r in zip(prompts, rewards.tolist())]
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="The toy world: benchmark the verifier and draw a grid of verdicts.")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--n", type=int, default=2000, help="images in the benchmark")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grid", type=int, default=1, help="objects on this pixel grid (train.py uses 8)")
     ap.add_argument("--out", default="out/rewards_grid.png")
     args = ap.parse_args()
     import os
     g = torch.Generator().manual_seed(args.seed)
     prompts = sample_prompts(args.n, g)
     t0 = time.perf_counter()
-    images = render(prompts, args.image_size, g)
+    images = render(prompts, args.image_size, g, grid=args.grid)
     t_render = time.perf_counter() - t0
     reward(images[:16], prompts[:16])  # warm-up
     t0 = time.perf_counter()
@@ -531,5 +515,6 @@ if __name__ == "__main__":
     k = 16  # half true prompts, half wrong ones
     show_p = prompts[:k // 2] + wrong[:k // 2]
     show_r = torch.cat([r[:k // 2], rw[:k // 2]])
+    from report import save_grid, verdict_captions
     save_grid(torch.cat([images[:k // 2], images[:k // 2]]), verdict_captions(show_p, show_r), args.out)
     print(f"wrote {args.out} (top row: true prompts, bottom row: minimally wrong prompts)")

@@ -132,6 +132,25 @@ def test_render_respects_the_world():
     assert len(o["area"]) == n_named  # nothing touches, nothing is lost
 
 
+@pytest.mark.parametrize("H,grid", [(32, 8), (32, 4), (64, 8)])
+def test_grid_aligned_scenes(H, grid):
+    """Token-aligned worlds (train.py's default: grid = patch = 8): still verified, few distinct patches."""
+    g = torch.Generator().manual_seed(4)
+    prompts = R.sample_prompts(300, g)
+    images = R.render(prompts, H, g, grid=grid)
+    o = R.find_objects(images)
+    sq = o["shape"] == R.SHAPES.index("square")
+    side = o["area"][sq].sqrt()
+    assert (side % grid == 0).all() and side.min() >= H / 4 and side.max() <= 3 * H / 8
+    assert (R.reward(images, prompts) == 1).all()
+    wrong = [R.perturb_prompt(p, g) for p in prompts]
+    assert (R.reward(images, wrong) < 1).all()
+    patches = images.unfold(2, grid, grid).unfold(3, grid, grid).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * grid * grid)
+    assert len(torch.unique(patches, dim=0)) <= {8: 64, 4: 128}[grid] * (H // 32)
+    with pytest.raises(ValueError, match="multiple of grid"):
+        R.render(prompts[:1], 32, g, grid=16)  # no size in [8, 12] is a multiple of 16
+
+
 def test_accuracy_report():
     prompts = ["a red circle", "two red circles", "a red circle and a blue square", "two blue squares"]
     rep = R.accuracy_report(torch.tensor([1.0, 0.5, 1.0, 1.0]), prompts)
