@@ -105,17 +105,21 @@ def policy_logp(model, traj, steps, estimator, masks):
 
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
-            estimator="remask", mu=1, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None):
+            estimator="remask", mu=1, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
+            pick_tokens=None, weigh_tokens=None):
     """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
-    (steps, cfg_scale, temperature, mode). Returns a dict of numbers to log."""
+    (steps, cfg_scale, temperature, mode, token_temperature). `steps` is 'all', 'random' (k of
+    them) or a callable traj -> list of steps (focus.py's critical steps). Optional hooks (focus.py):
+    pick_tokens(traj) -> (B, N) bool restricts the loss to those positions; weigh_tokens(logp, ref,
+    mask, traj) -> weights (B, S, N) for grpo_loss. Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
     tokens, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
     r = score(tokens).to(tokens.device)  # (B,)
     adv, flat = group_advantages(r, group_size)
-    chosen = choose_steps(traj.states.shape[0], steps, k, generator)
+    chosen = steps(traj) if callable(steps) else choose_steps(traj.states.shape[0], steps, k, generator)
     masks = remask_masks(traj, chosen, model.mask_id, generator) if estimator == "remask" else None
     with torch.no_grad():  # the rollout policy and the frozen reference, on the same masks
         if estimator == "replay":  # the sampler already recorded the rollout policy's log-probs
@@ -123,11 +127,14 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
         else:
             old, mask = policy_logp(model, traj, chosen, estimator, masks)
         ref, _ = policy_logp(ref_model, traj, chosen, estimator, masks)
+    if pick_tokens is not None:
+        mask = mask & pick_tokens(traj)[:, None]  # (B, S, N): only the chosen positions count
+    weights = weigh_tokens(old, ref, mask, traj) if weigh_tokens is not None else None
     model.train()
     stats, skipped = {}, 0
     for _ in range(mu):
         logp, _ = policy_logp(model, traj, chosen, estimator, masks)
-        loss, stats = grpo_loss(logp, old, ref, adv, mask, clip_eps=clip_eps, beta=beta)
+        loss, stats = grpo_loss(logp, old, ref, adv, mask, weights, clip_eps=clip_eps, beta=beta)
         if not torch.isfinite(loss):
             skipped += 1  # a non-finite loss never reaches the weights
             continue
@@ -136,8 +143,14 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         opt.step()
     model.eval()
+    # compute in batch forward-equivalents (a backward counts 2): the rollout (x2 with CFG), then per scored step
+    # the old policy (remask only: replay recorded it), the reference and mu x (forward + backward)
+    S, T, c = len(chosen), traj.states.shape[0], 2 if traj.cfg_scale else 1
+    per = c if estimator == "replay" else 1  # replay scores the sampler's guided policy; remask has no CFG
+    compute = dict(rollout_fwd=T * c, score_fwd=S * per * ((estimator == "remask") + 1 + 3 * mu))
     return dict(reward=r.mean().item(), accuracy=(r >= 1).float().mean().item(), zero_std_groups=flat,
-                skipped=skipped, scored_steps=len(chosen), **stats)
+                skipped=skipped, scored_steps=S, scored_tokens=mask.float().sum().item() / mask.shape[0],
+                **compute, **stats)
 
 
 if __name__ == "__main__":
@@ -145,7 +158,7 @@ if __name__ == "__main__":
     import time
 
     import rewards
-    import train
+    import config
     from model import encode_prompts
 
     ap = argparse.ArgumentParser(description="A few GRPO updates on a checkpoint made by train.py; prints the reward.")
@@ -157,9 +170,9 @@ if __name__ == "__main__":
     ap.add_argument("--estimator", default="remask", choices=["remask", "replay"])
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    dev = train.pick_device(args.device)
-    model, vq, cfg = train.load_generator(args.ckpt, dev)
-    ref = train.load_generator(args.ckpt, dev)[0].requires_grad_(False)
+    dev = config.pick_device(args.device)
+    model, vq, cfg = config.load_generator(args.ckpt, dev)
+    ref = config.load_generator(args.ckpt, dev)[0].requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(0)
     for u in range(args.updates):

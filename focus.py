@@ -1,0 +1,227 @@
+"""
+Spend the RL gradient where it matters: critical steps, critical tokens, entropy routing.
+
+  information_gain    MaskFocus (arXiv 2512.18766): embed each step's predicted clean image x0_t
+                      with the codebook, s_t = cos(flatten E[x0_t], flatten E[final]); the gain of
+                      step t is |s_{t+1} - s_t|, how much the tokens committed at step t moved the
+                      model's picture of the final image
+  critical_steps      the k steps with the largest gain, sorted (k = 6 of 64 in MaskFocus's script)
+  entropy_temperature MaskFocus's routing: samples that are already sure of themselves (summed
+                      entropy below the batch median) sample with tau = 2.5 exp(-H/3) + 0.7 per token
+  critical_tokens     GCPO (arXiv 2509.22485) moved from AR to masked generation: 10% earliest
+                      committed, 10% sharpest edges of the entropy map, 10% least alike across the
+                      group; disjoint, 30% in all, the loss sees only those
+  token_weights       GCPO's dynamic weight: running mean over the generation order of
+                      exp(clip(logp - ref, -0.5, 0.5))
+  rl_step             grpo.rl_step with steps in {all, random, focus}, tokens in {all, critical},
+                      routing in {off, entropy}
+
+Choices and simplifications, plainly:
+  - Critical steps are chosen per batch (s_t averaged over the batch before the gain), as in the
+    MaskFocus code: one model call per chosen step scores the whole batch, and a batch-level
+    choice is less noisy than one sample's. (Per sample would cost the same calls; it is a
+    one-line change of the mean in `information_gain(per_sample=True)`.)
+  - Gain index: gain_t = |s_{t+1} - s_t| belongs to step t, the step whose commits caused the
+    change; x0 of the last step is the final image, so the last step's gain is 0.
+  - "Codebook embedding" here is the VQ code itself (a 4x4 RGB patch, 48 numbers): our codebook is
+    k-means in pixel space. The black background code is the zero vector, so in s_t only the
+    objects count, which is what we want; for group similarity two equal tokens count as 1.
+  - GCPO's "generation order" is the step at which a position was committed; ties (one step commits
+    many) are broken by the entropy the position had then (less certain first).
+  - Entropy of a token for the GCPO map: the policy entropy at the step it was committed.
+  - Routing changes the rollout policy only; use it with the remask estimator (the replay estimator
+    would have to re-apply the per-token temperatures; rl_step refuses that combination).
+  - MaskFocus conditions on the step's timestep; our model has no timestep input (the mask count
+    carries it), so a chosen step is scored at its mask count only.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+import grpo
+
+# ----------------------------------------------------------------------------------
+# Critical steps (MaskFocus)
+
+
+def step_similarity(traj, embeddings):
+    """(B, T): cosine of each step's predicted clean image x0_t to the final image, in embedding space.
+    embeddings (K, E), e.g. the VQ codes."""
+    T, B, N = traj.x0.shape
+    E = embeddings.to(traj.x0.device).float()
+    x0 = E[traj.x0].reshape(T, B, -1)  # (T, B, N*E)
+    fin = E[traj.final].reshape(1, B, -1)  # (1, B, N*E)
+    return F.cosine_similarity(x0, fin, dim=-1, eps=1e-8).T  # (B, T)
+
+
+def information_gain(traj, embeddings, per_sample=False):
+    """gain_t = |s_{t+1} - s_t| for t < T-1 and 0 for the last step: (T,) averaged over the batch
+    (MaskFocus), or (B, T) with per_sample=True."""
+    s = step_similarity(traj, embeddings)  # (B, T)
+    if not per_sample:
+        s = s.mean(0, keepdim=True)  # (1, T)
+    gain = torch.zeros_like(s)
+    gain[:, :-1] = (s[:, 1:] - s[:, :-1]).abs()
+    return gain if per_sample else gain[0]
+
+
+def critical_steps(gain, k):
+    """The k steps with the largest gain (T,), sorted ascending."""
+    if not 1 <= k <= gain.shape[-1]:
+        raise ValueError(f"k must be in [1, {gain.shape[-1]}], got {k}")
+    return sorted(gain.topk(k).indices.tolist())
+
+
+# ----------------------------------------------------------------------------------
+# Entropy routing (MaskFocus)
+
+
+def entropy_temperature(logits, entropy, masked):
+    """Per-token temperatures (B, N) for sample(..., token_temperature=entropy_temperature).
+    entropy, masked: (B, N). Samples whose summed entropy over masked tokens is below the batch
+    median get tau = 2.5 exp(-H/3) + 0.7 (confident tokens get hotter, up to 3.2); the rest keep 1."""
+    total = (entropy * masked).sum(1)  # (B,)
+    low = total < total.quantile(0.5)  # (B,); the true median (torch.median takes the lower middle)
+    tau = 2.5 * torch.exp(-entropy / 3) + 0.7  # (B, N)
+    return torch.where(low[:, None], tau, torch.ones_like(tau))
+
+
+# ----------------------------------------------------------------------------------
+# Critical tokens and dynamic weights (GCPO, adapted)
+
+
+def commit_step(traj):
+    """(B, N): the step at which each position was committed."""
+    return traj.committed.float().argmax(0)
+
+
+def entropy_edges(ent_map, side):
+    """|grad| of the 3x3-smoothed entropy map. ent_map (B, N) on a side x side grid -> (B, N)."""
+    x = ent_map.view(-1, 1, side, side)
+    x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # smoothed over neighbours
+    x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    dx = (x[..., 1:-1, 2:] - x[..., 1:-1, :-2]) / 2  # central differences
+    dy = (x[..., 2:, 1:-1] - x[..., :-2, 1:-1]) / 2
+    return torch.sqrt(dx ** 2 + dy ** 2).view(ent_map.shape)
+
+
+def group_similarity(final, group_size, embeddings=None):
+    """(B, N): at each position, the mean pairwise similarity of the tokens the G samples of one prompt
+    put there (cosine of embeddings; equal tokens count 1). Shared by the samples of a group."""
+    B, N = final.shape
+    G = group_size
+    f = final.view(-1, G, N)  # (P, G, N)
+    same = (f[:, :, None] == f[:, None]).float()  # (P, G, G, N)
+    if embeddings is not None:
+        e = F.normalize(embeddings.to(final.device).float()[f], dim=-1, eps=1e-8)  # (P, G, N, E)
+        cos = torch.einsum("pinc,pjnc->pijn", e, e)
+        same = torch.maximum(same, cos)
+    off = 1 - torch.eye(G, device=final.device)[None, :, :, None]  # leave out i == j
+    sim = (same * off).sum((1, 2)) / max(1, G * (G - 1))  # (P, N)
+    return sim.repeat_interleave(G, 0)  # (B, N)
+
+
+def critical_tokens(traj, group_size, frac=0.3, embeddings=None):
+    """(B, N) bool, exactly round(frac * N) positions per sample, the union of three disjoint sets:
+    the earliest committed, the largest entropy-map gradients, the least alike across the group."""
+    B, N = traj.final.shape
+    side = math.isqrt(N)
+    n_total = round(frac * N)
+    n1 = n2 = round(frac * N / 3)
+    n3 = n_total - n1 - n2
+    step = commit_step(traj)  # (B, N)
+    ent_at_commit = traj.entropy.gather(0, step[None])[0]  # (B, N): entropy when it was committed
+    chosen = torch.zeros(B, N, dtype=torch.bool, device=traj.final.device)
+
+    def take(score, n):  # the n highest scores among positions not chosen yet
+        nonlocal chosen
+        idx = score.masked_fill(chosen, -math.inf).topk(n, dim=1).indices
+        chosen = chosen.scatter(1, idx, True)
+
+    # 1. causal dependency: earliest commit step first; ties -> higher entropy at commit first
+    take(-step.float() + 0.5 * ent_at_commit / (ent_at_commit.max() + 1e-8), n1)
+    # 2. entropy-induced structure: sharp edges of the smoothed entropy map
+    take(entropy_edges(ent_at_commit, side), n2)
+    # 3. group diversity: least similar across the group at that position
+    take(-group_similarity(traj.final, group_size, embeddings), n3)
+    return chosen
+
+
+def token_weights(logp, ref_logp, mask=None, order=None):
+    """GCPO's weight: the running mean, over the generation order, of exp(clip(logp - ref, -0.5, 0.5)).
+    logp, ref_logp, mask: (B, S, N) (or (B, N)); order (B, N): a position's rank in generation
+    (commit step), None = position order. Masked-out entries do not enter the mean. No gradient."""
+    with torch.no_grad():
+        v = torch.exp((logp - ref_logp).clamp(-0.5, 0.5))
+        m = torch.ones_like(v) if mask is None else mask.float()
+        if order is None:
+            order = torch.arange(v.shape[-1], device=v.device).expand(v.shape[0], -1)
+        order = order.view(order.shape[0], *([1] * (v.ndim - 2)), order.shape[-1]).expand_as(v)
+        perm = order.argsort(dim=-1, stable=True)
+        vs, ms = (v * m).gather(-1, perm), m.gather(-1, perm)
+        run = vs.cumsum(-1) / ms.cumsum(-1).clamp(min=1)  # running mean in generation order
+        w = torch.empty_like(v).scatter_(-1, perm, run)
+        return torch.where(m > 0, w, torch.ones_like(w))
+
+
+# ----------------------------------------------------------------------------------
+# The RL step with the three switches
+
+
+def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="focus", k=4,
+            tokens="all", routing="off", embeddings=None, frac=0.3, estimator="remask", **kwargs):
+    """grpo.rl_step with steps in {all, random, focus}, tokens in {all, critical}, routing in {off, entropy}.
+    embeddings (K, E): the codebook vectors (needed for focus steps and critical tokens)."""
+    if routing not in ("off", "entropy") or tokens not in ("all", "critical"):
+        raise ValueError(f"routing must be off|entropy and tokens all|critical, got {routing!r}, {tokens!r}")
+    if routing == "entropy" and estimator == "replay":
+        raise ValueError("entropy routing changes the rollout policy; use it with the remask estimator")
+    if steps == "focus":
+        if embeddings is None:
+            raise ValueError("steps='focus' needs the codebook embeddings")
+        steps = lambda traj: critical_steps(information_gain(traj, embeddings), k)
+    pick = (lambda traj: critical_tokens(traj, group_size, frac, embeddings)) if tokens == "critical" else None
+    weigh = (lambda old, ref, mask, traj: token_weights(old, ref, mask, commit_step(traj))) if tokens == "critical" else None
+    if routing == "entropy":
+        sample_kwargs = dict(sample_kwargs, token_temperature=entropy_temperature)
+    return grpo.rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps=steps, k=k,
+                        estimator=estimator, pick_tokens=pick, weigh_tokens=weigh, **kwargs)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import config
+    import report
+    from model import encode_prompts
+    from sample import sample
+
+    ap = argparse.ArgumentParser(description="Critical steps and tokens of one batch from a train.py checkpoint.")
+    ap.add_argument("--ckpt", default="out")
+    ap.add_argument("--prompt", default="a red circle left of a blue square")
+    ap.add_argument("--group", type=int, default=8, help="samples of the prompt (one GRPO group)")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    dev = config.pick_device(args.device)
+    model, vq, cfg = config.load_generator(args.ckpt, dev)
+    ids = encode_prompts([args.prompt] * args.group).to(dev)
+    _, traj = sample(model, ids, cfg.sample_steps, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature,
+                     generator=torch.Generator(dev).manual_seed(0), record=True)
+    s = step_similarity(traj, vq.codes)  # (B, T)
+    gain = information_gain(traj, vq.codes)
+    steps = critical_steps(gain, args.k)
+    print("step:            " + " ".join(f"{t:6d}" for t in range(len(gain))))
+    print("similarity s_t:  " + " ".join(f"{v:6.3f}" for v in s.mean(0).tolist()))
+    print("gain |s_t+1-s_t|:" + " ".join(f"{v:6.3f}" for v in gain.tolist()))
+    print(f"critical steps (k={args.k}): {steps}")
+    crit = critical_tokens(traj, args.group, 0.3, vq.codes)
+    print(f"critical tokens per sample: {crit.sum(1).tolist()} of {crit.shape[1]}; sample 0 on the token grid:")
+    side = math.isqrt(crit.shape[1])
+    for row in crit[0].view(side, side).tolist():
+        print("  " + " ".join("#" if c else "." for c in row))
+    path = f"{args.ckpt}/focus_demo.png"
+    report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), s[0], steps, path)
+    print(f"wrote {path} (each step's x0 for sample 0, its similarity to the final image, critical steps framed)")
