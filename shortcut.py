@@ -1,0 +1,313 @@
+"""
+MIGM-Shortcut (arXiv 2602.23996): a light net learns how the base model's features move from one
+sampling step to the next, so most steps can skip the base model.
+
+  Shortcut              S(prev features, tokens committed at the previous step, mask ratio) ->
+                        next features: cross-attention (queries = features, keys/values = the new
+                        tokens' embeddings from the frozen base model), FFN, self-attention, FFN,
+                        pre-LN with adaLN from a sinusoidal embedding of the mask ratio, at a
+                        bottleneck width (D/2); output prev + delta (delta starts at zero)
+  collect               trajectories of the frozen base model, features of both CFG branches
+  train_shortcut        MSE on the still-masked positions, validation split, tqdm
+  budget_steps          which steps call the base model: 0 and round(N k / B), k = 1..B-1
+  sample_with_shortcut  base calls on those steps, shortcut (or the feature cache) in between;
+                        the base head turns features into logits; sample.sample_step does the rest,
+                        so sampling rule and generator use are exactly sample.sample's
+  step_distance_mse     held-out feature error of chained shortcut steps vs the cache, per distance
+  speed_table           latency per image, speed-up, accuracy and quality for vanilla / cache / shortcut
+
+Simplified versus the paper: one block (as the paper) but trained on this repo's 12-step
+trajectories only; the CFG branches share one shortcut (each propagates its own features, the
+unconditional one sees the same committed tokens); no KV cache tricks in the base model.
+"""
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import autocast, null_prompts
+from sample import mask_counts, sample_step
+
+# ----------------------------------------------------------------------------------
+# The model
+
+
+def ratio_embedding(ratio, dim):
+    """Sinusoidal embedding of the mask ratio in [0, 1]: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=ratio.device) / half)  # (half,)
+    a = ratio.float()[:, None] * 1000.0 * freqs[None]  # (B, half)
+    return torch.cat([a.sin(), a.cos()], -1)
+
+
+class Shortcut(nn.Module):
+    """forward(prev (B, N, D), new_emb (B, N, D), new_mask (B, N) bool, ratio (B,)) -> next features (B, N, D).
+    new_emb: the base model's token + position embeddings of the current state (only the positions in
+    new_mask, the tokens committed at the previous step, are attended to); ratio: masked fraction now."""
+
+    def __init__(self, d_model, width=None, n_heads=4, mlp_ratio=4):
+        super().__init__()
+        w = width or d_model // 2
+        if w % n_heads:
+            raise ValueError(f"width {w} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.f_in, self.e_in = nn.Linear(d_model, w), nn.Linear(d_model, w)  # into the bottleneck
+        self.null_kv = nn.Parameter(torch.zeros(1, 1, w))  # always attendable: steps that commit nothing
+        self.ln_kv = nn.LayerNorm(w)
+        self.time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, 8 * w))  # 4 x (scale, shift)
+        self.ln = nn.ModuleList(nn.LayerNorm(w, elementwise_affine=False) for _ in range(4))
+        self.q, self.kv, self.o_cross = nn.Linear(w, w), nn.Linear(w, 2 * w), nn.Linear(w, w)
+        self.qkv, self.o_self = nn.Linear(w, 3 * w), nn.Linear(w, w)
+        mlp = lambda: nn.Sequential(nn.Linear(w, mlp_ratio * w), nn.GELU(), nn.Linear(mlp_ratio * w, w))
+        self.ff1, self.ff2 = mlp(), mlp()
+        self.out = nn.Linear(w, d_model)
+        nn.init.zeros_(self.out.weight)  # delta = 0 at the start: the shortcut begins as the feature cache
+        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.time[-1].weight)  # adaLN starts as plain LayerNorm
+        nn.init.zeros_(self.time[-1].bias)
+
+    def heads(self, x):  # (B, S, w) -> (B, heads, S, w/heads)
+        B, S, w = x.shape
+        return x.view(B, S, self.n_heads, w // self.n_heads).transpose(1, 2)
+
+    def forward(self, prev, new_emb, new_mask, ratio):
+        B, N, _ = prev.shape
+        h = self.f_in(prev)  # (B, N, w)
+        w = h.shape[-1]
+        mod = self.time(ratio_embedding(ratio, w)).view(B, 1, 8, w)  # (B, 1, 8, w)
+        norm = lambda i, x: self.ln[i](x) * (1 + mod[:, :, 2 * i]) + mod[:, :, 2 * i + 1]
+        kv = torch.cat([self.null_kv.expand(B, 1, w), self.ln_kv(self.e_in(new_emb))], 1)  # (B, 1 + N, w)
+        keep = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=prev.device), new_mask], 1)  # (B, 1 + N)
+        k, v = self.kv(kv).chunk(2, -1)
+        a = F.scaled_dot_product_attention(self.heads(self.q(norm(0, h))), self.heads(k), self.heads(v),
+                                           attn_mask=keep[:, None, None, :])  # features look at the new tokens
+        h = h + self.o_cross(a.transpose(1, 2).reshape(B, N, w))
+        h = h + self.ff1(norm(1, h))
+        q, k, v = self.qkv(norm(2, h)).chunk(3, -1)
+        a = F.scaled_dot_product_attention(self.heads(q), self.heads(k), self.heads(v))  # (B, heads, N, w/heads)
+        h = h + self.o_self(a.transpose(1, 2).reshape(B, N, w))
+        h = h + self.ff2(norm(3, h))
+        return prev + self.out(h)  # (B, N, D)
+
+
+def flops(fn):
+    """FLOPs of one call of fn() (torch's counter: matmuls and attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+# ----------------------------------------------------------------------------------
+# Budgeted sampling (base model, shortcut, or cache between base calls)
+
+
+def budget_steps(N, B):
+    """The steps (of N) that call the base model with a budget of B calls: 0 and round(N k / B), k = 1..B-1
+    (Python's round: halves go to the even neighbour)."""
+    if not 1 <= B <= N:
+        raise ValueError(f"need 1 <= budget <= steps, got budget={B}, steps={N}")
+    return [0] + [round(N * k / B) for k in range(1, B)]
+
+
+def base_features(model, state, prompt_ids, cfg_scale):
+    """Final features (cB, N, D) of the base model; with CFG the conditional rows first, then the null prompt's."""
+    B = state.shape[0]
+    with autocast(state.device):
+        if cfg_scale:
+            _, feats = model(torch.cat([state, state]), torch.cat([prompt_ids, null_prompts(B, state.device)]),
+                             return_features=True)
+        else:
+            _, feats = model(state, prompt_ids, return_features=True)
+    return feats
+
+
+def guided_logits(model, feats, cfg_scale):
+    """The base head on features (cB, N, D) -> guided logits (B, N, K), as sample.policy_logits."""
+    with autocast(feats.device):
+        logits = model.head(feats)
+    if cfg_scale:
+        cond, uncond = logits.float().chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+    return logits.float()
+
+
+@torch.no_grad()
+def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0.0, temperature=1.0,
+                         choice_temperature=4.5, mode="confidence", generator=None, cache=False, record=False):
+    """Like sample.sample, but only the budget_steps(steps, budget) call the base model; the other steps take
+    the shortcut's predicted features (cache=True: the last base features unchanged). budget == steps is
+    exactly sample.sample. record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
+    B, N = prompt_ids.shape[0], model.cfg.n_tokens
+    counts = mask_counts(steps, N)
+    calls = set(budget_steps(steps, budget))
+    state = torch.full((B, N), model.mask_id, dtype=torch.long, device=prompt_ids.device)
+    c = 2 if cfg_scale else 1
+    feats = committed = None
+    rec = dict(feats=[], states=[], committed=[])
+    for t in range(steps):
+        if t in calls:
+            feats = base_features(model, state, prompt_ids, cfg_scale)  # (cB, N, D)
+        elif not cache:
+            ratio = (state == model.mask_id).float().mean(1).repeat(c)  # (cB,)
+            new_emb = model.embed_tokens(state).repeat(c, 1, 1)
+            with autocast(state.device):
+                feats = shortcut(feats, new_emb, committed.repeat(c, 1), ratio)
+        logits = guided_logits(model, feats, cfg_scale)  # (B, N, K)
+        new, committed, _, _, _ = sample_step(logits, state, model.mask_id, t, steps, counts[t], mode,
+                                              choice_temperature, generator, temperature)
+        if record:
+            rec["feats"].append(feats.float())
+            rec["states"].append(state)
+            rec["committed"].append(committed)
+        state = new
+    return (state, {k: torch.stack(v) for k, v in rec.items()}) if record else state
+
+
+# ----------------------------------------------------------------------------------
+# Training on the base model's trajectories
+
+
+@torch.no_grad()
+def collect(model, prompt_ids, steps, cfg_scale, temperature, choice_temperature, generator, batch=256):
+    """Base-model trajectories for the shortcut: feats (T, cP, N, D) (float16 to save memory), and for the
+    matching rows the input states and commits (T, cP, N) and which trajectory a row is (cP,). Both CFG
+    branches are rows (per batch the conditional ones first)."""
+    out = dict(feats=[], states=[], committed=[], traj=[])
+    c = 2 if cfg_scale else 1
+    for i in tqdm(range(0, len(prompt_ids), batch), desc="trajectories", leave=False):
+        ids = prompt_ids[i:i + batch]
+        _, rec = sample_with_shortcut(model, None, ids, steps, steps, cfg_scale, temperature,
+                                      choice_temperature, generator=generator, record=True)
+        out["feats"].append(rec["feats"].half())
+        out["states"].append(rec["states"].repeat(1, c, 1))
+        out["committed"].append(rec["committed"].repeat(1, c, 1))
+        out["traj"].append(torch.arange(i, i + len(ids), device=ids.device).repeat(c)[None])
+    out = {k: torch.cat(v, 1) for k, v in out.items()}
+    out["traj"] = out["traj"][0]
+    return out
+
+
+def split_rows(data, val_frac=0.1):
+    """(train rows, validation rows): whole trajectories (both CFG branches) go to one side."""
+    n_val = max(1, int((data["traj"].max().item() + 1) * val_frac))
+    val = data["traj"] < n_val
+    return (~val).nonzero()[:, 0], val.nonzero()[:, 0]
+
+
+def transition_loss(shortcut, model, data, t, rows):
+    """MSE of one predicted step t-1 -> t on the positions still masked at step t (and the cache's MSE)."""
+    prev, target = data["feats"][t - 1, rows].float(), data["feats"][t, rows].float()
+    state, new = data["states"][t, rows], data["committed"][t - 1, rows]
+    masked = (state == model.mask_id)[..., None].float()  # (b, N, 1)
+    pred = shortcut(prev, model.embed_tokens(state), new, masked[..., 0].mean(1))
+    n = masked.sum().clamp(min=1) * prev.shape[-1]
+    return (((pred - target) ** 2) * masked).sum() / n, (((prev - target) ** 2) * masked).sum() / n
+
+
+def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_frac=0.1, generator=None):
+    """AdamW on random (trajectory, step) transitions; returns a log with train and validation MSE."""
+    T = data["feats"].shape[0]
+    tr, val = split_rows(data, val_frac)  # held-out trajectories
+    opt = torch.optim.AdamW(shortcut.parameters(), lr=lr, weight_decay=0.0)
+    model.requires_grad_(False)
+    log, bar = [], tqdm(range(iters), desc="shortcut")
+    for it in bar:
+        t = int(torch.randint(1, T, (1,), generator=generator))
+        rows = tr[torch.randint(len(tr), (batch,), generator=generator).to(tr.device)]
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (it + 1) / 50) * 0.5 * (1 + math.cos(math.pi * it / iters))
+        loss, cache = transition_loss(shortcut, model, data, t, rows)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % 50 == 0 or it == iters - 1:
+            with torch.no_grad():
+                v = [transition_loss(shortcut, model, data, s, val) for s in range(1, T)]
+            log.append(dict(iter=it, train=loss.item(), val=sum(a.item() for a, _ in v) / len(v),
+                            val_cache=sum(b.item() for _, b in v) / len(v)))
+            bar.set_postfix(val=f"{log[-1]['val']:.4f}", cache=f"{log[-1]['val_cache']:.4f}")
+    return log
+
+
+@torch.no_grad()
+def step_distance_mse(shortcut, model, data, rows, max_d=4):
+    """Held-out MSE (on positions masked at the target step) of features d steps ahead, from true base
+    features at step t: chained shortcut steps (fed the true committed tokens) vs the cache. -> {d: (sc, cache)}."""
+    T = data["feats"].shape[0]
+    out = {}
+    for d in range(1, max_d + 1):
+        sc = cache = n = 0.0
+        for t in range(T - d):
+            feats = data["feats"][t, rows].float()
+            pred = feats
+            for s in range(t + 1, t + d + 1):
+                state = data["states"][s, rows]
+                pred = shortcut(pred, model.embed_tokens(state), data["committed"][s - 1, rows],
+                                (state == model.mask_id).float().mean(1))
+            target = data["feats"][t + d, rows].float()
+            m = (data["states"][t + d, rows] == model.mask_id)[..., None].float()
+            sc += (((pred - target) ** 2) * m).sum().item()
+            cache += (((feats - target) ** 2) * m).sum().item()
+            n += m.sum().item() * target.shape[-1]
+        out[d] = (sc / max(n, 1), cache / max(n, 1))
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# Speed and quality table
+
+
+def time_sampler(fn, device, repeats=3):
+    """Seconds per call of fn() after one warm-up: CUDA events on a GPU, the wall clock elsewhere."""
+    fn()
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000 / repeats
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):
+    """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut. score(tokens) -> (accuracy,
+    quality). Latency per image at batch bench_batch; accuracy/quality on all of prompt_ids. -> rows."""
+    dev = prompt_ids.device
+    rows = []
+    for kind, steps, budget in tqdm(configs, desc="speed table", leave=False):
+        run = lambda ids, g: sample_with_shortcut(model, shortcut, ids, steps, budget, generator=g,
+                                                  cache=kind == "cache", **sample_kwargs)
+        bench_ids = prompt_ids[:bench_batch]
+        sec = time_sampler(lambda: run(bench_ids, torch.Generator(dev).manual_seed(seed)), dev)
+        g = torch.Generator(dev).manual_seed(seed)
+        tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
+        acc, qual = score(tokens)
+        rows.append(dict(kind=kind, steps=steps, budget=budget, ms_per_image=1000 * sec / len(bench_ids),
+                         accuracy=acc, quality=qual))
+    ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
+    for r in rows:
+        r["speedup"] = ref / r["ms_per_image"]
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Print the shortcut table of a finished `python train.py` run.")
+    ap.add_argument("--out", default="out")
+    args = ap.parse_args()
+    ck = torch.load(f"{args.out}/shortcut.pt", map_location="cpu", weights_only=False)
+    print("| sampler | steps | base calls | ms / image | speed-up | accuracy | quality FD |")
+    for r in ck["table"]:
+        print(f"| {r['kind']} | {r['steps']} | {r['budget']} | {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
+              f"| {r['accuracy']:.1%} | {r['quality']:.3f} |")

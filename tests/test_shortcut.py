@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import shortcut as sc
+from model import MaskedTransformer, ModelConfig, encode_prompts
+from sample import sample
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow circle"]
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return MaskedTransformer(ModelConfig(codebook_size=16, n_tokens=16, d_model=32, n_layers=2, n_heads=2)).eval()
+
+
+def test_budget_steps_small_cases():
+    assert sc.budget_steps(15, 7) == [0, 2, 4, 6, 9, 11, 13]
+    assert sc.budget_steps(12, 1) == [0]
+    assert sc.budget_steps(12, 12) == list(range(12))
+    assert sc.budget_steps(12, 4) == [0, 3, 6, 9]
+    assert sc.budget_steps(32, 8) == [0, 4, 8, 12, 16, 20, 24, 28]
+    for bad in (0, 13):
+        with pytest.raises(ValueError):
+            sc.budget_steps(12, bad)
+
+
+def test_shortcut_shapes_and_zero_delta():
+    net = sc.Shortcut(32)
+    prev, emb = torch.randn(3, 16, 32), torch.randn(3, 16, 32)
+    new = torch.zeros(3, 16, dtype=torch.bool)
+    new[0, 2] = True  # row 1 and 2 commit nothing: only the null key is attended to
+    out = net(prev, emb, new, torch.tensor([0.9, 0.5, 0.1]))
+    assert out.shape == (3, 16, 32) and torch.equal(out, prev)  # delta starts at exactly zero
+    assert sc.ratio_embedding(torch.tensor([0.0, 1.0]), 8).shape == (2, 8)
+
+
+def test_full_budget_is_vanilla_sampling_and_zero_delta_is_the_cache():
+    model = tiny_model()
+    ids = encode_prompts(PROMPTS)
+    kw = dict(cfg_scale=2.0, temperature=0.9, choice_temperature=4.5)
+    for mode in ("confidence", "stochastic"):
+        want = sample(model, ids, 6, mode=mode, generator=torch.Generator().manual_seed(3), **kw)
+        got = sc.sample_with_shortcut(model, sc.Shortcut(32), ids, 6, 6, mode=mode,
+                                      generator=torch.Generator().manual_seed(3), **kw)
+        assert torch.equal(want, got)
+    a = sc.sample_with_shortcut(model, sc.Shortcut(32), ids, 6, 2, generator=torch.Generator().manual_seed(4), **kw)
+    b = sc.sample_with_shortcut(model, None, ids, 6, 2, generator=torch.Generator().manual_seed(4), cache=True, **kw)
+    assert torch.equal(a, b) and (a < 16).all()
+
+
+def test_a_few_training_steps_lower_the_feature_mse():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    ids = encode_prompts([PROMPTS[i % 3] for i in range(48)])
+    data = sc.collect(model, ids, 6, 2.0, 1.0, 4.5, g, batch=16)
+    assert data["feats"].shape == (6, 96, 16, 32) and data["states"].shape == (6, 96, 16)
+    tr, val = sc.split_rows(data, 0.25)
+    assert len(val) == 24 and not set(data["traj"][tr].tolist()) & set(data["traj"][val].tolist())
+    net = sc.Shortcut(32)
+    log = sc.train_shortcut(net, model, data, iters=60, batch=32, lr=3e-3, generator=g)
+    assert abs(log[0]["val"] - log[0]["val_cache"]) < 0.5 * log[0]["val_cache"]  # starts near the cache
+    assert log[-1]["val"] < 0.8 * log[-1]["val_cache"]
+    rows = val
+    dist = sc.step_distance_mse(net, model, data, rows, max_d=2)
+    assert set(dist) == {1, 2} and all(s > 0 and c > 0 for s, c in dist.values())
