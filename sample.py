@@ -191,11 +191,12 @@ if __name__ == "__main__":
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     import os
+    import report
     import rewards
-    import train
+    import config
     from model import encode_prompts
-    dev = train.pick_device(args.device)
-    model, vq, cfg = train.load_generator(args.ckpt, dev)
+    dev = config.pick_device(args.device)
+    model, vq, cfg = config.load_generator(args.ckpt, dev)
     cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg
     g = torch.Generator(dev).manual_seed(args.seed)
     if args.bench:
@@ -220,6 +221,6 @@ if __name__ == "__main__":
         images = vq.decode(tokens)
         r = rewards.reward(images, [args.prompt] * args.n)
         os.makedirs("out", exist_ok=True)
-        rewards.save_grid(images, rewards.verdict_captions([args.prompt] * args.n, r), "out/sample.png")
+        report.save_grid(images, report.verdict_captions([args.prompt] * args.n, r), "out/sample.png")
         save_gif(trajectory_frames(vq, traj), "out/sample.gif")
         print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote out/sample.png and out/sample.gif")

@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+import config
 import train
 from model import MaskedTransformer, ModelConfig, encode_prompts, maskgit_loss
 
@@ -44,11 +45,16 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     out = str(tmp_path / "run")
     res = train.main(["--preset", "tiny", "--out", out])
     for f in ["data.pt", "codebook.pt", "pretrain.pt", "eval_pretrain.pt", "report.md", "metrics.jsonl",
-              "samples_pretrain.png", "trajectory.gif", "rl.pt", "eval_rl.pt", "samples_rl.png", "rl_reward.png"]:
+              "samples_pretrain.png", "trajectory.gif", "rl.pt", "eval_rl.pt", "samples_rl.png", "rl_reward.png",
+              "shortcut.pt"]:
         assert os.path.exists(os.path.join(out, f)), f
     acc = res["eval_pretrain"]["accuracy"]
     assert set(acc) == {"overall", "single", "two", "counting", "position"}
     assert len(res["rl"]["log"]) == 3 and all(0 <= x["zero_std_groups"] <= 1 for x in res["rl"]["log"])
+    kinds = [(r["kind"], r["steps"], r["budget"]) for r in res["shortcut"]["table"]]
+    assert ("vanilla", 4, 4) in kinds and ("shortcut", 4, 2) in kinds and ("cache", 4, 2) in kinds
+    assert res["shortcut"]["table"][kinds.index(("vanilla", 4, 4))]["speedup"] == 1.0
+    assert "## Shortcut" in open(os.path.join(out, "report.md")).read()
     mtime = os.path.getmtime(os.path.join(out, "pretrain.pt"))
     capsys.readouterr()
     train.main(["--preset", "tiny", "--out", out])  # resume: every stage skipped
@@ -57,19 +63,35 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     with pytest.raises(SystemExit, match="lr: checkpoint 0.003 vs now 0.002"):
         train.main(["--preset", "tiny", "--out", out, "--lr", "0.002"])
     assert not any(f.endswith(".tmp") for f in os.listdir(out))
+    # the focus comparison from the same checkpoints: every variant, one update, one seed
+    res = train.main(["--preset", "tiny", "--out", out, "--compare", "--compare-seeds", "1", "--compare-updates", "1"])
+    runs = res["compare"]["runs"]
+    assert [r["variant"] for r in runs] == [v[0] for v in train.VARIANTS]
+    assert all(len(r["curve"]) == 2 and r["curve"][0][0] == 0 for r in runs)  # before and after the update
+    assert runs[0]["score_fwd"] > runs[1]["score_fwd"]  # all steps costs more than k of them
+    for f in ["compare.png", "critical_steps.png"]:
+        assert os.path.exists(os.path.join(out, f)), f
 
 
 def test_bad_flags_are_refused(capsys):
     with pytest.raises(SystemExit):
-        train.parse_config(["--no-such-flag", "1"])
+        config.parse_config(["--no-such-flag", "1"])
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train.parse_config(["--lr", "fast"])
+        config.parse_config(["--lr", "fast"])
     assert "invalid float value: 'fast'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train.parse_config(["--preset", "huge"])
+        config.parse_config(["--preset", "huge"])
     with pytest.raises(SystemExit):
-        train.parse_config(["--rl-estimator", "magic"])
-    cfg = train.parse_config(["--preset", "tiny", "--pretrain-steps", "7", "--rl-updates", "0", "--beta", "0"])
+        config.parse_config(["--rl-estimator", "magic"])
+    cfg = config.parse_config(["--preset", "tiny", "--pretrain-steps", "7", "--rl-updates", "0", "--beta", "0"])
     assert cfg.rl_updates == 0 and cfg.beta == 0.0  # zero is a value, not "flag absent"
-    assert cfg.pretrain_steps == 7 and cfg.d_model == train.PRESETS["tiny"]["d_model"]
+    assert cfg.pretrain_steps == 7 and cfg.d_model == config.PRESETS["tiny"]["d_model"]
+
+
+def test_state_dict_is_a_copy():
+    m = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
+    sd = config.state_dict(m)
+    with torch.no_grad():
+        m.head.weight.add_(1.0)  # training after the snapshot must not change the snapshot
+    assert not torch.equal(sd["head.weight"], m.head.weight)

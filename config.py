@@ -1,0 +1,227 @@
+"""
+Configuration and plumbing for train.py: the Config dataclass and its presets, the CLI built
+from it, device choice, and atomic stage checkpoints that remember the settings they depend on.
+
+Every Config field is a flag (`--rl-lr 1e-4`); `--preset tiny|cpu|gpu` picks the defaults the
+other flags override. A stage's checkpoint holds the fields its result depends on (its own and
+its inputs', STAGE_FIELDS); a rerun skips a stage whose checkpoint matches and stops with a
+message naming the fields when one does not (use --fresh, or --out for a separate folder).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from model import MaskedTransformer, ModelConfig, VQCodebook
+
+
+@dataclass
+class Config:
+    preset: str = "auto"  # auto | tiny | cpu | gpu (auto: gpu when CUDA is there, else cpu)
+    out: str = "out"
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 0
+    fresh: bool = False  # redo every stage even if its checkpoint matches
+    # world and codebook
+    image_size: int = 32
+    patch: int = 8
+    grid: int = 8  # objects snapped to this pixel grid (= patch: token-aligned; 1: anywhere, ~1000 distinct 4x4 patches)
+    codebook_size: int = 64
+    fit_images: int = 4000  # rendered scenes the codebook is fitted on
+    # model
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    # pretraining (training scenes are rendered on the fly: unlimited fresh data)
+    pretrain_steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.05
+    prompt_drop: float = 0.1
+    # sampling and evaluation
+    sample_steps: int = 12
+    cfg_scale: float = 2.0
+    temperature: float = 0.8
+    choice_temperature: float = 4.5
+    eval_prompts: int = 400  # fixed, seeded, balanced over the four categories
+    eval_samples: int = 3  # samples per prompt
+    eval_batch: int = 400
+    # RL (GRPO, grpo.py)
+    rl_updates: int = 100
+    rl_prompts: int = 8  # prompts per update
+    group_size: int = 8  # samples per prompt (G)
+    rl_lr: float = 1e-4
+    rl_mu: int = 1  # inner updates per rollout batch
+    rl_estimator: str = "remask"  # remask | replay
+    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps)
+    rl_tokens: str = "critical"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights)
+    rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
+    rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus; what eval uses) | stochastic (MaskGRPO)
+    rl_k: int = 4  # scored steps when rl_steps is random or focus
+    clip_eps: float = 0.2
+    beta: float = 0.01
+    # the focus comparison (python train.py --compare): every variant from the pretrained weights
+    compare: bool = False
+    compare_seeds: int = 3
+    compare_updates: int = 0  # 0: rl_updates
+    compare_eval_prompts: int = 200  # held-out prompts (1 sample each) for the accuracy curves
+    # shortcut (shortcut.py), trained after RL on the final model's trajectories; sc_iters 0 skips it
+    sc_prompts: int = 512  # trajectories (x2 with CFG)
+    sc_iters: int = 3000
+    sc_batch: int = 64
+    sc_lr: float = 1e-3
+    sc_width: int = 0  # 0: d_model / 2
+    sc_bench_batch: int = 64  # latency is measured at this batch size
+
+
+PRESETS = {
+    "tiny": dict(image_size=32, fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
+                 batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16,
+                 rl_updates=3, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2, compare_eval_prompts=8,
+                 sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
+    "cpu": dict(),  # the Config defaults
+    # untested guess (no GPU was lent yet): the same 4x4 board of token-sized objects at 64x64 (16x16
+    # patches), a wider model and larger batches; tune pretrain_steps so accuracy lands in 25-75%
+    "gpu": dict(image_size=64, patch=16, grid=16, d_model=256, n_layers=6, n_heads=8, pretrain_steps=800,
+                batch_size=256, lr=1.5e-3, warmup=100, eval_batch=1200, rl_prompts=32, compare_eval_prompts=400,
+                sc_prompts=1024, sc_bench_batch=256),
+}
+
+CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
+           "rl_estimator": ["remask", "replay"], "rl_steps": ["all", "random", "focus"],
+           "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
+           "rl_mode": ["stochastic", "confidence"]}
+
+# the config fields each stage's result depends on (its own and its inputs')
+STAGE_FIELDS = {
+    "data": ["seed", "image_size", "grid", "fit_images", "eval_prompts", "eval_samples"],
+    "codebook": ["patch", "codebook_size"],
+    "pretrain": ["d_model", "n_layers", "n_heads", "pretrain_steps", "batch_size", "lr", "warmup",
+                 "weight_decay", "prompt_drop"],
+    "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
+    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_steps", "rl_k",
+           "rl_tokens", "rl_routing", "rl_mode", "clip_eps", "beta"],
+    "eval_rl": [],
+    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_bench_batch"],
+}
+
+
+COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts"]
+
+
+def stage_config(cfg, stage):
+    if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
+        return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
+    names = []
+    for s in STAGE_FIELDS:
+        names += STAGE_FIELDS[s]
+        if s == stage:
+            return {k: getattr(cfg, k) for k in names}
+    raise KeyError(stage)
+
+
+# ----------------------------------------------------------------------------------
+# CLI, device, checkpoints
+
+
+def parse_config(argv=None, description=None):
+    """Config from the command line: --preset picks defaults, every other field is a flag that overrides."""
+    ap = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            ap.add_argument(flag, action="store_true", help="(default off)")
+        elif f.name in CHOICES:
+            ap.add_argument(flag, choices=CHOICES[f.name], default=None)
+        else:
+            ap.add_argument(flag, type=f.type, default=None, help=f"default {f.default} (or the preset's)")
+    args = ap.parse_args(argv)  # unknown or ill-typed flags exit here with argparse's message
+    preset = args.preset or "auto"
+    if preset == "auto":
+        preset = "gpu" if torch.cuda.is_available() else "cpu"
+        print(f"preset: {preset} ({'CUDA found' if preset == 'gpu' else 'no CUDA: the CPU preset'})")
+    cfg = Config(preset=preset, **PRESETS[preset])
+    # None: flag not given; False: a store_true flag not given (0 and 0.0 are real values)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "preset"}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.image_size % cfg.patch:
+        ap.error(f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}")
+    if cfg.eval_prompts % 4:
+        ap.error("--eval-prompts must be a multiple of 4 (balanced over the four categories)")
+    return cfg
+
+
+def pick_device(name=None):
+    """cuda > mps > cpu, unless named."""
+    if name and name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda asked for, but CUDA is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def save_atomic(obj, path):
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash leaves the old file or the new one, never half of one
+
+
+def load_stage(cfg, stage):
+    """The stage's checkpoint if it exists and matches the config; None if missing or --fresh."""
+    path = os.path.join(cfg.out, f"{stage}.pt")
+    if cfg.fresh or not os.path.exists(path):
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    want = stage_config(cfg, stage)
+    diff = {k: (ck["config"].get(k), v) for k, v in want.items() if ck["config"].get(k) != v}
+    if diff:
+        lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise SystemExit(f"{path} was made with other settings ({lines}). "
+                         f"Use --fresh to redo it, or --out for a separate folder.")
+    print(f"[{stage}] checkpoint matches the config: skipped")
+    return ck
+
+
+def save_stage(cfg, stage, payload):
+    payload = dict(payload, config=stage_config(cfg, stage))
+    save_atomic(payload, os.path.join(cfg.out, f"{stage}.pt"))
+    return payload
+
+
+def log_metrics(cfg, **row):
+    with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def model_config(cfg):
+    return ModelConfig(codebook_size=cfg.codebook_size, n_tokens=(cfg.image_size // cfg.patch) ** 2,
+                       d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
+
+
+def state_dict(model):
+    """A CPU copy of the weights (a copy even on the CPU, where .cpu() would alias the live tensors)."""
+    model = getattr(model, "_orig_mod", model)  # never save torch.compile's prefixed keys
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def load_generator(out, dev):
+    """(model, vq, cfg) from a finished run's folder: the RL weights when there are any, else pretrained."""
+    pre = torch.load(os.path.join(out, "pretrain.pt"), map_location="cpu", weights_only=False)
+    cb = torch.load(os.path.join(out, "codebook.pt"), map_location="cpu", weights_only=False)
+    cfg = Config(**{k: v for k, v in pre["config"].items()}, **{k: v for k, v in cb["config"].items() if k not in pre["config"]})
+    model = MaskedTransformer(model_config(cfg)).to(dev)
+    rl = os.path.join(out, "rl.pt")
+    model.load_state_dict(torch.load(rl, map_location="cpu", weights_only=False)["state"] if os.path.exists(rl) else pre["state"])
+    vq = VQCodebook(cfg.codebook_size, cfg.patch)
+    vq.load_state_dict(cb["state"])
+    return model.eval(), vq.to(dev), cfg

@@ -1,0 +1,163 @@
+"""
+What train.py leaves in out/: report.md (tables) and the pictures, drawn with Pillow only.
+
+  save_grid         images with captions (each prompt and its verdict)
+  draw_curves       line plots (reward per update, accuracy curves of the compared variants)
+  trajectory_strip  one unmasking trajectory: each step's x0 image, its similarity to the final
+                    image, the critical steps marked
+  write_report      out/report.md from the stage results train.py collected
+"""
+
+import math
+import os
+import sys
+import textwrap
+
+import torch
+
+import rewards
+
+COLORS = [(40, 80, 220), (220, 60, 40), (40, 160, 60), (200, 140, 0), (140, 60, 180), (0, 150, 160)]
+
+
+def save_grid(images, captions, path, cell=128, cols=8):
+    """A PNG grid: each image upscaled (nearest) to `cell` pixels with its caption beneath."""
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default()
+    rows = math.ceil(len(images) / cols)
+    line_h, n_lines = 11, 4
+    out = Image.new("RGB", (cols * cell, rows * (cell + line_h * n_lines)), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    arr = (images.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for i, (im, cap) in enumerate(zip(arr, captions)):
+        x, y = (i % cols) * cell, (i // cols) * (cell + line_h * n_lines)
+        out.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (x, y))
+        lines = textwrap.wrap(cap, width=cell // 6)  # about 6 px per character
+        color = (0, 140, 0) if "[ok]" in cap else (200, 0, 0) if "[x]" in cap else (0, 0, 0)
+        for j, line in enumerate(lines[:n_lines]):
+            draw.text((x + 2, y + cell + j * line_h), line, fill=color, font=font)
+    out.save(path)
+
+
+def verdict_captions(prompts, rewards):
+    return [f"{p} [{'ok' if r >= 1.0 else 'x'}] {r:.2f}" for p, r in zip(prompts, rewards.tolist())]
+
+
+def draw_curves(series, path, title, w=560, h=280, pad=34, smooth=1):
+    """series: {name: [(x, y), ...]} -> a line plot with a legend. smooth > 1 adds a running mean."""
+    from PIL import Image, ImageDraw
+    im = Image.new("RGB", (w, h + 14 * len(series)), "white")
+    d = ImageDraw.Draw(im)
+    pts = [p for s in series.values() for p in s]
+    x_lo, x_hi = min(p[0] for p in pts), max(p[0] for p in pts) or 1
+    y_lo, y_hi = min(p[1] for p in pts), max(p[1] for p in pts)
+    y_hi = y_hi if y_hi > y_lo else y_lo + 1e-9
+    xy = lambda x, y: (pad + (w - 2 * pad) * (x - x_lo) / max(x_hi - x_lo, 1e-9),
+                       h - pad - (h - 2 * pad) * (y - y_lo) / (y_hi - y_lo))
+    for k, (name, s) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        if smooth > 1:
+            d.line([xy(*p) for p in s], fill=(190, 190, 190), width=1)
+            ys = [sum(q[1] for q in s[max(0, i - smooth + 1):i + 1]) / len(s[max(0, i - smooth + 1):i + 1])
+                  for i in range(len(s))]
+            s = [(p[0], y) for p, y in zip(s, ys)]
+        if len(s) > 1:
+            d.line([xy(*p) for p in s], fill=color, width=2)
+        for p in s:
+            x, y = xy(*p)
+            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+        d.text((pad, h + 14 * k), name, fill=color)
+    d.rectangle([pad, pad, w - pad, h - pad], outline="black")
+    d.text((pad, 8), f"{title}  (x {x_lo:g}..{x_hi:g}, y {y_lo:.3f}..{y_hi:.3f})", fill="black")
+    im.save(path)
+
+
+def trajectory_strip(images, sims, marked, path, cell=96):
+    """images (T, 3, H, W): each step's x0; sims (T,): cosine to the final image; marked: critical steps."""
+    from PIL import Image, ImageDraw
+    T = len(images)
+    out = Image.new("RGB", (T * cell, cell + 30), "white")
+    d = ImageDraw.Draw(out)
+    arr = (images.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for t in range(T):
+        out.paste(Image.fromarray(arr[t]).resize((cell - 4, cell - 4), Image.NEAREST), (t * cell + 2, 2))
+        if t in marked:
+            d.rectangle([t * cell, 0, (t + 1) * cell - 1, cell - 1], outline=(230, 40, 40), width=3)
+        d.text((t * cell + 4, cell + 2), f"t={t}{' *' if t in marked else ''}", fill="black")
+        d.text((t * cell + 4, cell + 15), f"s={float(sims[t]):.2f}", fill="black")
+    out.save(path)
+
+
+def acc_row(name, ev):
+    acc = ev["accuracy"]
+    return (f"| {name} | {acc['overall']:.1%} | " + " | ".join(f"{acc[c]:.1%}" for c in rewards.CATEGORIES)
+            + f" | {ev['reward']:.3f} | {ev['quality']:.3f} |")
+
+
+def compare_table(ck):
+    """Rows of the focus comparison: mean and std over seeds of the accuracy at each checkpoint."""
+    names = list(dict.fromkeys(r["variant"] for r in ck["runs"]))
+    marks = [u for u, _ in ck["runs"][0]["curve"]]
+    lines = ["| variant | " + " | ".join(f"acc @ {u} upd" for u in marks) + " | final (mean +- std) "
+             "| RL s / run | fwd-equiv / update (scoring only) |",
+             "| --- | " + " | ".join("---" for _ in marks) + " | --- | --- | --- |"]
+    for name in names:
+        runs = [r for r in ck["runs"] if r["variant"] == name]
+        accs = torch.tensor([[a for _, a in r["curve"]] for r in runs])  # (seeds, marks)
+        fin = accs[:, -1]
+        std = fin.std().item() if len(fin) > 1 else 0.0
+        lines.append(f"| {name} | " + " | ".join(f"{a:.1%}" for a in accs.mean(0).tolist())
+                     + f" | {fin.mean():.1%} +- {std:.1%} | {sum(r['seconds'] for r in runs) / len(runs):.0f} "
+                     f"| {runs[0]['fwd'] :.0f} ({runs[0]['score_fwd']:.0f}) |")
+    return lines
+
+
+def write_report(cfg, dev, vq_mse, res):
+    pre = res["pretrain"]
+    lines = [
+        "# Report", "",
+        f"Preset `{cfg.preset}` on `{dev}`; command: `python {' '.join(sys.argv)}`", "",
+        "## Pretraining", "",
+        "| image | tokens | codebook K | VQ MSE | params | steps x batch | loss first -> last | pretrain s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {cfg.image_size}x{cfg.image_size} | {(cfg.image_size // cfg.patch) ** 2} | {cfg.codebook_size} | {vq_mse:.1e} "
+        f"| {pre['params'] / 1e6:.2f}M | {cfg.pretrain_steps} x {cfg.batch_size} | {pre['first_loss']:.2f} -> "
+        f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} |", "",
+        f"Evaluation: {cfg.eval_prompts} prompts x {cfg.eval_samples} samples, T={cfg.sample_steps}, "
+        f"CFG {cfg.cfg_scale}, temperature {cfg.temperature}, confidence sampling; accuracy = reward 1.0.", "",
+        "| model | overall | " + " | ".join(rewards.CATEGORIES) + " | mean reward | quality FD (lower is better) |",
+        "| --- | --- | " + " | ".join("---" for _ in rewards.CATEGORIES) + " | --- | --- |",
+        acc_row("pretrained", res["eval_pretrain"]),
+    ]
+    if "eval_rl" in res:
+        rl = res["rl"]
+        lines += [acc_row("after RL", res["eval_rl"]), "", "## RL (GRPO)", "",
+                  f"{cfg.rl_updates} updates x {cfg.rl_prompts} prompts x G={cfg.group_size}, estimator "
+                  f"`{cfg.rl_estimator}`, rollouts `{cfg.rl_mode}`, steps `{cfg.rl_steps}` (k={cfg.rl_k}), tokens "
+                  f"`{cfg.rl_tokens}`, routing `{cfg.rl_routing}`, mu={cfg.rl_mu}, lr {cfg.rl_lr}, beta {cfg.beta}: "
+                  f"{rl['seconds']:.0f}s. Reward curve: `rl_reward.png`; before/after samples "
+                  f"(same prompts and seeds): `samples_pretrain.png`, `samples_rl.png`."]
+    if "compare" in res:
+        ck = res["compare"]
+        lines += ["", "## Critical steps and tokens (focus.py), from the same pretrained weights", "",
+                  f"{ck['updates']} updates per run, {ck['seeds']} seeds, accuracy on {ck['n_eval']} held-out prompts "
+                  f"(1 sample each), k={cfg.rl_k} of T={cfg.sample_steps}. Curves: `compare.png`; one trajectory with "
+                  f"its critical steps: `critical_steps.png`.", ""] + compare_table(ck)
+    if "shortcut" in res:
+        sc = res["shortcut"]
+        lines += ["", "## Shortcut (shortcut.py)", "",
+                  f"Shortcut: {sc['params'] / 1e6:.3f}M parameters vs {pre['params'] / 1e6:.2f}M; one step costs "
+                  f"{sc['flops_ratio']:.1%} of a base-model step in FLOPs. Trained {cfg.sc_iters} iterations on "
+                  f"{cfg.sc_prompts} trajectories (x2 CFG branches) in {sc['train_seconds']:.0f}s; validation MSE "
+                  f"{sc['log'][-1]['val']:.4f} vs the cache's {sc['log'][-1]['val_cache']:.4f}.", "",
+                  "| steps ahead | shortcut MSE | cache MSE |", "| --- | --- | --- |"]
+        lines += [f"| {d} | {a:.4f} | {b:.4f} |" for d, (a, b) in sc["distance"].items()]
+        lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{dev}` "
+                  f"({'CUDA events' if dev.type == 'cuda' else 'wall clock'}, after warm-up); accuracy and quality "
+                  f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",
+                  "| sampler | steps | base calls | ms / image | speed-up | accuracy | quality FD |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['kind']} | {r['steps']} | {r['budget']} | {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
+                  f"| {r['accuracy']:.1%} | {r['quality']:.3f} |" for r in sc["table"]]
+    with open(os.path.join(cfg.out, "report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
