@@ -29,7 +29,7 @@ class Config:
     # world and codebook
     image_size: int = 32
     patch: int = 8
-    grid: int = 8  # objects snapped to this pixel grid (= patch: token-aligned; 1: anywhere, ~1000 distinct 4x4 patches)
+    grid: int = 8  # objects on this pixel grid (= patch: one object, one token; 1: anywhere, ~900 distinct 4x4 patches)
     codebook_size: int = 64
     fit_images: int = 4000  # rendered scenes the codebook is fitted on
     # model
@@ -70,6 +70,7 @@ class Config:
     compare_seeds: int = 3
     compare_updates: int = 0  # 0: rl_updates
     compare_eval_prompts: int = 200  # held-out prompts (1 sample each) for the accuracy curves
+    compare_variants: str = ""  # comma-separated indices into train.VARIANTS (0-4); empty: all five
     # shortcut (shortcut.py), trained after RL on the final model's trajectories; sc_iters 0 skips it
     sc_prompts: int = 512  # trajectories (x2 with CFG)
     sc_iters: int = 3000
@@ -111,7 +112,7 @@ STAGE_FIELDS = {
 }
 
 
-COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts"]
+COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "compare_variants"]
 
 
 def stage_config(cfg, stage):

@@ -23,7 +23,7 @@ Choices and simplifications, plainly:
     one-line change of the mean in `information_gain(per_sample=True)`.)
   - Gain index: gain_t = |s_{t+1} - s_t| belongs to step t, the step whose commits caused the
     change; x0 of the last step is the final image, so the last step's gain is 0.
-  - "Codebook embedding" here is the VQ code itself (a 4x4 RGB patch, 48 numbers): our codebook is
+  - "Codebook embedding" here is the VQ code itself (a p x p RGB patch, 3p^2 numbers): our codebook is
     k-means in pixel space. The black background code is the zero vector, so in s_t only the
     objects count, which is what we want; for group similarity two equal tokens count as 1.
   - GCPO's "generation order" is the step at which a position was committed; ties (one step commits
@@ -192,36 +192,51 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
 
 if __name__ == "__main__":
     import argparse
+    import collections
+    import os
 
     import config
     import report
+    import rewards
     from model import encode_prompts
     from sample import sample
 
-    ap = argparse.ArgumentParser(description="Critical steps and tokens of one batch from a train.py checkpoint.")
+    ap = argparse.ArgumentParser(description="Which steps and tokens focus.py picks, on a train.py checkpoint.")
     ap.add_argument("--ckpt", default="out")
-    ap.add_argument("--prompt", default="a red circle left of a blue square")
-    ap.add_argument("--group", type=int, default=8, help="samples of the prompt (one GRPO group)")
+    ap.add_argument("--pretrained", action="store_true", help="the pretrained weights instead of the RL ones")
+    ap.add_argument("--batches", type=int, default=20, help="rollout batches (grammar prompts) to pool")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per batch, each sampled --group times")
+    ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
-    ids = encode_prompts([args.prompt] * args.group).to(dev)
-    _, traj = sample(model, ids, cfg.sample_steps, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature,
-                     generator=torch.Generator(dev).manual_seed(0), record=True)
-    s = step_similarity(traj, vq.codes)  # (B, T)
-    gain = information_gain(traj, vq.codes)
-    steps = critical_steps(gain, args.k)
-    print("step:            " + " ".join(f"{t:6d}" for t in range(len(gain))))
-    print("similarity s_t:  " + " ".join(f"{v:6.3f}" for v in s.mean(0).tolist()))
-    print("gain |s_t+1-s_t|:" + " ".join(f"{v:6.3f}" for v in gain.tolist()))
-    print(f"critical steps (k={args.k}): {steps}")
+    if args.pretrained:
+        model.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), weights_only=False)["state"])
+    g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
+    picked, gains, sims = collections.Counter(), [], []
+    for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
+        ids = encode_prompts(rewards.sample_prompts(args.prompts, g_prompts)).repeat_interleave(args.group, 0)
+        _, traj = sample(model, ids.to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
+                         cfg.choice_temperature, generator=g, record=True)
+        gains.append(information_gain(traj, vq.codes))
+        sims.append(step_similarity(traj, vq.codes).mean(0))
+        picked.update(critical_steps(gains[-1], args.k))
+    T = len(gains[0])
+    masked = (traj.states == model.mask_id).sum(-1)[:, 0].tolist()  # (T,) masked tokens entering each step
+    print(f"{args.batches} batches of {args.prompts} prompts x G={args.group}, T={T}, k={args.k}")
+    print("step            " + "".join(f"{t:7d}" for t in range(T)))
+    print("masked at input " + "".join(f"{m:7d}" for m in masked))
+    print("mean s_t        " + "".join(f"{v:7.3f}" for v in torch.stack(sims).mean(0).tolist()))
+    print("mean gain       " + "".join(f"{v:7.3f}" for v in torch.stack(gains).mean(0).tolist()))
+    print("times picked    " + "".join(f"{picked[t]:7d}" for t in range(T)))
     crit = critical_tokens(traj, args.group, 0.3, vq.codes)
-    print(f"critical tokens per sample: {crit.sum(1).tolist()} of {crit.shape[1]}; sample 0 on the token grid:")
     side = math.isqrt(crit.shape[1])
+    print(f"critical tokens of the last batch's first sample ({int(crit[0].sum())} of {crit.shape[1]}):")
     for row in crit[0].view(side, side).tolist():
         print("  " + " ".join("#" if c else "." for c in row))
-    path = f"{args.ckpt}/focus_demo.png"
-    report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), s[0], steps, path)
-    print(f"wrote {path} (each step's x0 for sample 0, its similarity to the final image, critical steps framed)")
+    path = os.path.join(args.ckpt, "focus_demo.png")
+    report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), step_similarity(traj, vq.codes)[0],
+                            critical_steps(information_gain(traj, vq.codes, per_sample=True)[0], args.k), path)
+    print(f"wrote {path}: the first sample's x0 at each step, its similarity to the final image, its critical steps")

@@ -10,12 +10,17 @@ function another project can copy.
                     *final* tokens with as many masked positions as the step had, score every
                     masked token (conditional branch only, no CFG inside the likelihood)
   grpo_loss         clipped-ratio surrogate with a k3 KL to a frozen reference, token-level mean
+  rl_step           one update round: rollouts, rewards, advantages, scored steps, mu clipped
+                    updates; hooks let focus.py choose the steps and tokens and weigh tokens
 
 Simplified versus the paper (honest list):
   - no LoRA: the whole (small) model is trained;
   - the re-mask estimator uses the mask count of the chosen sampling step, not MaskGRPO's
     ratio schedule r_j = m + (1 - m)(j + 1)/mu over inner iterations;
-  - the loss on a masked position is plain log-prob, with no 1/t ELBO weighting (as the paper).
+  - the loss on a masked position is plain log-prob, with no 1/t ELBO weighting (as the paper);
+  - rollouts default to MaskGIT confidence sampling in train.py (what evaluation uses, as
+    MaskFocus does); MaskGRPO's stochastic sampler is sample(mode="stochastic"), measured in the
+    README (a little lower on this toy world).
 """
 
 import torch

@@ -4,10 +4,11 @@ bidirectional masked transformer that generates those tokens, MaskGIT-style.
 
 VQCodebook: instead of a trained VQ-GAN we fit k-means to the non-overlapping p x p
 patches of rendered images. Each patch becomes the id of its nearest centroid, and
-decoding pastes the centroids back. On the toy world this is nearly lossless with a
-few hundred codes (the patches are flat colours plus a limited set of shape edges),
-which is all the RL and shortcut experiments need: a discrete token grid whose images
-the verifier can score. The mask token id is K = codebook_size, one past the last code.
+decoding pastes the centroids back. With token-aligned objects (train.py: 8x8 patches,
+objects on the 8-pixel grid) there are only 13 distinct patches and K=64 is lossless; with
+free placement (grid=1) there are about 900 distinct 4x4 patches and K=1024 is nearly
+lossless. Either way it is all the RL and shortcut experiments need: a discrete token grid
+whose images the verifier can score. The mask token id is K = codebook_size, one past the last code.
 
 MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image tokens]
 (F.scaled_dot_product_attention, no causal mask). It predicts a code for every image
@@ -155,7 +156,7 @@ def null_prompts(n, device=None):
 
 @dataclass
 class ModelConfig:
-    codebook_size: int = 1024  # K; the mask id is K
+    codebook_size: int = 64  # K; the mask id is K
     n_tokens: int = 64  # N = (image_size / patch)^2
     d_model: int = 128
     n_layers: int = 4

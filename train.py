@@ -194,6 +194,16 @@ VARIANTS = [  # name, steps, tokens, routing (focus.rl_step's three switches)
 ]
 
 
+def pick_variants(spec):
+    """'' -> all VARIANTS; '1,2' -> those (indices), refusing anything else with a clear message."""
+    if not spec:
+        return VARIANTS
+    try:
+        return [VARIANTS[int(i)] for i in spec.split(",")]
+    except (ValueError, IndexError):
+        raise SystemExit(f"--compare-variants takes comma-separated indices 0-{len(VARIANTS) - 1}, got {spec!r}")
+
+
 def eval_subset(cfg, data, n):
     """n prompts spread evenly over the fixed evaluation set (balanced categories), one sample each."""
     idx = list(range(0, len(data["eval_prompts"]), cfg.eval_samples))
@@ -214,7 +224,8 @@ def stage_compare(cfg, vq, data, dev):
     model.load_state_dict(pre_state)
     acc0, runs = acc(model), []
     vq_dev = vq.to(dev)
-    for name, steps, tokens, routing in VARIANTS:
+    variants = pick_variants(cfg.compare_variants)
+    for name, steps, tokens, routing in variants:
         for seed in range(cfg.compare_seeds):
             model.load_state_dict(pre_state)
             ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 1000 * (seed + 1))
@@ -232,7 +243,7 @@ def stage_compare(cfg, vq, data, dev):
             print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
     vq.cpu()
     series = {}
-    for name, *_ in VARIANTS:
+    for name, *_ in variants:
         rs = [r["curve"] for r in runs if r["variant"] == name]
         series[name] = [(u, sum(c[i][1] for c in rs) / len(rs)) for i, (u, _) in enumerate(rs[0])]
     report.draw_curves(series, os.path.join(cfg.out, "compare.png"), "held-out accuracy vs RL updates (seed mean)")

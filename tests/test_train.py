@@ -71,6 +71,9 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert runs[0]["score_fwd"] > runs[1]["score_fwd"]  # all steps costs more than k of them
     for f in ["compare.png", "critical_steps.png"]:
         assert os.path.exists(os.path.join(out, f)), f
+    assert [v[0] for v in train.pick_variants("1,2")] == ["random k", "focus k"]
+    with pytest.raises(SystemExit, match="indices 0-4"):
+        train.pick_variants("1,9")
 
 
 def test_bad_flags_are_refused(capsys):
