@@ -162,8 +162,8 @@ if __name__ == "__main__":
     import argparse
     import time
 
-    import rewards
     import config
+    import rewards
     from model import encode_prompts
 
     ap = argparse.ArgumentParser(description="A few GRPO updates on a checkpoint made by train.py; prints the reward.")
@@ -171,7 +171,7 @@ if __name__ == "__main__":
     ap.add_argument("--updates", type=int, default=20)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per update")
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--estimator", default="remask", choices=["remask", "replay"])
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
@@ -185,7 +185,8 @@ if __name__ == "__main__":
         score = lambda tok, p=prompts: rewards.reward(vq.decode(tok).cpu(), [q for q in p for _ in range(args.group)])
         t0 = time.time()
         s = rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, args.group,
-                    dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, mode="stochastic"),
+                    dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                         choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
                     estimator=args.estimator, generator=g)
         print(f"update {u}: reward {s['reward']:.3f} acc {s['accuracy']:.2f} kl {s['kl']:.4f} "
               f"clip {s['clip_frac']:.2f} zero-std {s['zero_std_groups']:.2f} ({time.time() - t0:.1f}s)")

@@ -183,6 +183,7 @@ if __name__ == "__main__":
     ap.add_argument("--prompt", default="a red circle left of a blue square")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the checkpoint's)")
+    ap.add_argument("--temperature", type=float, default=None, help="(default: the checkpoint's)")
     ap.add_argument("--mode", default="confidence", choices=["confidence", "stochastic"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=8, help="samples to draw for --prompt")
@@ -199,16 +200,18 @@ if __name__ == "__main__":
     model, vq, cfg = config.load_generator(args.ckpt, dev)
     cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg
     g = torch.Generator(dev).manual_seed(args.seed)
+    kw = dict(temperature=cfg.temperature if args.temperature is None else args.temperature,
+              choice_temperature=cfg.choice_temperature, mode=args.mode, generator=g)
     if args.bench:
         prompts = rewards.sample_prompts(args.batch, torch.Generator().manual_seed(0))
         ids = encode_prompts(prompts).to(dev)
-        sample(model, ids[:8], args.steps, cfg_scale, generator=g)  # warm-up
+        sample(model, ids[:8], args.steps, cfg_scale, **kw)  # warm-up
         times = []
         for _ in range(3):
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            sample(model, ids, args.steps, cfg_scale, mode=args.mode, generator=g)
+            sample(model, ids, args.steps, cfg_scale, **kw)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -217,7 +220,7 @@ if __name__ == "__main__":
               f"({1000 * best / args.batch:.2f} ms/image, best of 3)")
     else:
         ids = encode_prompts([args.prompt] * args.n).to(dev)
-        tokens, traj = sample(model, ids, args.steps, cfg_scale, mode=args.mode, generator=g, record=True)
+        tokens, traj = sample(model, ids, args.steps, cfg_scale, record=True, **kw)
         images = vq.decode(tokens)
         r = rewards.reward(images, [args.prompt] * args.n)
         os.makedirs("out", exist_ok=True)
