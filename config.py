@@ -226,3 +226,11 @@ def load_generator(out, dev):
     vq = VQCodebook(cfg.codebook_size, cfg.patch)
     vq.load_state_dict(cb["state"])
     return model.eval(), vq.to(dev), cfg
+
+
+if __name__ == "__main__":
+    # python config.py --preset gpu --rl-lr 3e-5: print the settings train.py would run with
+    cfg = parse_config(None, "Print the Config train.py would run with for these flags.")
+    for f in dataclasses.fields(cfg):
+        print(f"{f.name:>22} = {getattr(cfg, f.name)!r}")
+    print(f"{'device':>22} -> {pick_device(cfg.device)}")

@@ -92,7 +92,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
 
 
 def choose_steps(T, how, k, generator):
-    """Which sampling steps the loss scores: all T, or k at random (sorted). focus.py adds 'focus'."""
+    """Which sampling steps the loss scores: all T, or k at random (sorted).
+    (focus.py passes its critical steps to rl_step as a callable instead.)"""
     if how == "all":
         return list(range(T))
     if how == "random":

@@ -152,8 +152,9 @@ def write_report(cfg, dev, vq_mse, res):
                   f"{sc['log'][-1]['val']:.4f} vs the cache's {sc['log'][-1]['val_cache']:.4f}.", "",
                   "| steps ahead | shortcut MSE | cache MSE |", "| --- | --- | --- |"]
         lines += [f"| {d} | {a:.4f} | {b:.4f} |" for d, (a, b) in sc["distance"].items()]
-        lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{dev}` "
-                  f"({'CUDA events' if dev.type == 'cuda' else 'wall clock'}, after warm-up); accuracy and quality "
+        bench_dev = sc.get("device", str(dev))  # where the latencies were measured
+        lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{bench_dev}` "
+                  f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up); accuracy and quality "
                   f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",
                   "| sampler | steps | base calls | ms / image | speed-up | accuracy | quality FD |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -161,3 +162,25 @@ def write_report(cfg, dev, vq_mse, res):
                   f"| {r['accuracy']:.1%} | {r['quality']:.3f} |" for r in sc["table"]]
     with open(os.path.join(cfg.out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    # python report.py --out out: rewrite out/report.md from the stage checkpoints already there
+    import argparse
+
+    import config
+    ap = argparse.ArgumentParser(description="Rewrite OUT/report.md from the stage checkpoints in OUT.")
+    ap.add_argument("--out", default="out")
+    args = ap.parse_args()
+    res, fields = {}, {}
+    for stage in ["pretrain", "eval_pretrain", "rl", "eval_rl", "shortcut", "compare"]:
+        path = os.path.join(args.out, f"{stage}.pt")
+        if os.path.exists(path):
+            res[stage] = torch.load(path, map_location="cpu", weights_only=False)
+            fields.update(res[stage]["config"])
+    if "eval_pretrain" not in res:
+        raise SystemExit(f"{args.out} has no finished pretraining and evaluation (pretrain.pt, eval_pretrain.pt)")
+    cfg = config.Config(**fields, out=args.out, preset="(from checkpoints)")
+    vq_mse = torch.load(os.path.join(args.out, "codebook.pt"), weights_only=False)["mse"]
+    write_report(cfg, torch.device("cpu"), vq_mse, res)
+    print(f"wrote {args.out}/report.md")

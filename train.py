@@ -306,7 +306,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
     return save_stage(cfg, "shortcut", dict(
         state=state_dict(net), log=log, distance=distance, table=table, train_seconds=train_seconds,
         params=sum(q.numel() for q in net.parameters()), flops_ratio=sc_flops / base_flops,
-        bench_batch=min(cfg.sc_bench_batch, len(prompts)), n_eval=len(prompts)))
+        bench_batch=min(cfg.sc_bench_batch, len(prompts)), n_eval=len(prompts), device=str(dev)))
 
 
 def write_trajectory_gif(cfg, model, vq, dev, prompt="a red circle left of a blue square"):
