@@ -154,6 +154,17 @@ def parse_config(argv=None, description=None):
         ap.error(f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}")
     if cfg.eval_prompts % 4:
         ap.error("--eval-prompts must be a multiple of 4 (balanced over the four categories)")
+    n_tokens = (cfg.image_size // cfg.patch) ** 2
+    if not 1 <= cfg.sample_steps <= n_tokens:  # checked now, not after minutes of pretraining
+        ap.error(f"--sample-steps must be between 1 and the {n_tokens} image tokens, got {cfg.sample_steps}")
+    if not 1 <= cfg.rl_k <= cfg.sample_steps:
+        ap.error(f"--rl-k must be between 1 and --sample-steps {cfg.sample_steps}, got {cfg.rl_k}")
+    if cfg.group_size < 2:
+        ap.error(f"--group-size must be at least 2 (advantages compare samples of a prompt), got {cfg.group_size}")
+    if cfg.compare and not (cfg.compare_updates or cfg.rl_updates):
+        ap.error("--compare needs --compare-updates (or --rl-updates) above 0")
+    if cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay":
+        ap.error("--rl-routing entropy changes the rollout policy; use it with --rl-estimator remask")
     return cfg
 
 

@@ -225,6 +225,8 @@ def stage_compare(cfg, vq, data, dev):
     acc0, runs = acc(model), []
     vq_dev = vq.to(dev)
     variants = pick_variants(cfg.compare_variants)
+    if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
+        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. --compare-variants 0,1,2,3")
     for name, steps, tokens, routing in variants:
         for seed in range(cfg.compare_seeds):
             model.load_state_dict(pre_state)

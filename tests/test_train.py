@@ -87,6 +87,13 @@ def test_bad_flags_are_refused(capsys):
         config.parse_config(["--preset", "huge"])
     with pytest.raises(SystemExit):
         config.parse_config(["--rl-estimator", "magic"])
+    for bad, msg in [(["--sample-steps", "20"], "between 1 and the 16 image tokens"),
+                     (["--rl-k", "13"], "--rl-k must be between 1 and --sample-steps 12"),
+                     (["--group-size", "1"], "at least 2"),
+                     (["--rl-routing", "entropy", "--rl-estimator", "replay"], "use it with --rl-estimator remask")]:
+        with pytest.raises(SystemExit):
+            config.parse_config(["--preset", "cpu", *bad])
+        assert msg in capsys.readouterr().err
     cfg = config.parse_config(["--preset", "tiny", "--pretrain-steps", "7", "--rl-updates", "0", "--beta", "0"])
     assert cfg.rl_updates == 0 and cfg.beta == 0.0  # zero is a value, not "flag absent"
     assert cfg.pretrain_steps == 7 and cfg.d_model == config.PRESETS["tiny"]["d_model"]
