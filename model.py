@@ -215,7 +215,8 @@ class MaskedTransformer(nn.Module):
         """(B, N) ids -> (B, N, D) token + position embeddings (the shortcut model reuses these)."""
         return self.tok_emb(tokens) + self.pos_emb[:, : tokens.shape[1]]
 
-    def forward(self, tokens, prompt_ids, return_features=False):
+    def features(self, tokens, prompt_ids):
+        """(B, N) ids, (B, L) prompt -> the final features (B, N, D) that the head reads."""
         B, N = tokens.shape
         if N != self.cfg.n_tokens:
             raise ValueError(f"expected {self.cfg.n_tokens} image tokens, got {N}")
@@ -223,7 +224,10 @@ class MaskedTransformer(nn.Module):
         x = torch.cat([p, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
         for blk in self.blocks:
             x = blk(x)
-        feats = self.ln_f(x[:, PROMPT_LEN:])  # (B, N, D): what the head reads
+        return self.ln_f(x[:, PROMPT_LEN:])  # (B, N, D)
+
+    def forward(self, tokens, prompt_ids, return_features=False):
+        feats = self.features(tokens, prompt_ids)  # (B, N, D)
         logits = self.head(feats)  # (B, N, K)
         return (logits, feats) if return_features else logits
 

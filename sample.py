@@ -76,18 +76,31 @@ class Trajectory:
     temperature: float
 
 
+def branch_features(model, state, prompt_ids, cfg_scale):
+    """Final features (cB, N, D) for one step: with CFG the conditional rows, then the null prompt's."""
+    B = state.shape[0]
+    if cfg_scale:
+        state, prompt_ids = torch.cat([state, state]), torch.cat([prompt_ids, null_prompts(B, state.device)])
+    with autocast(state.device):
+        return model.features(state, prompt_ids)
+
+
+def guided_logits(model, feats, cfg_scale):
+    """The head on branch features (cB, N, D) -> guided logits (B, N, K) in float32,
+    uncond + w * (cond - uncond) with CFG. shortcut.py calls it on predicted features."""
+    with autocast(feats.device):
+        logits = model.head(feats).float()
+    if cfg_scale:
+        cond, uncond = logits.chunk(2)
+        return uncond + cfg_scale * (cond - uncond)
+    return logits
+
+
 def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False):
     """Guided logits (B, N, K) in float32 for one step, [and the conditional features (B, N, D)]."""
-    B = state.shape[0]
-    with autocast(state.device):
-        if cfg_scale:
-            logits, feats = model(torch.cat([state, state]), torch.cat([prompt_ids, null_prompts(B, state.device)]),
-                                  return_features=True)
-            cond, uncond = logits.float().chunk(2)
-            logits, feats = uncond + cfg_scale * (cond - uncond), feats[:B]
-        else:
-            logits, feats = model(state, prompt_ids, return_features=True)
-    return (logits.float(), feats.float()) if return_features else logits.float()
+    feats = branch_features(model, state, prompt_ids, cfg_scale)
+    logits = guided_logits(model, feats, cfg_scale)
+    return (logits, feats[: state.shape[0]].float()) if return_features else logits
 
 
 def gumbel(shape, generator, device):

@@ -30,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import autocast, null_prompts
-from sample import mask_counts, sample_step
+from model import autocast
+from sample import branch_features, guided_logits, mask_counts, sample_step
 
 # ----------------------------------------------------------------------------------
 # The model
@@ -115,28 +115,6 @@ def budget_steps(N, B):
     return [0] + [round(N * k / B) for k in range(1, B)]
 
 
-def base_features(model, state, prompt_ids, cfg_scale):
-    """Final features (cB, N, D) of the base model; with CFG the conditional rows first, then the null prompt's."""
-    B = state.shape[0]
-    with autocast(state.device):
-        if cfg_scale:
-            _, feats = model(torch.cat([state, state]), torch.cat([prompt_ids, null_prompts(B, state.device)]),
-                             return_features=True)
-        else:
-            _, feats = model(state, prompt_ids, return_features=True)
-    return feats
-
-
-def guided_logits(model, feats, cfg_scale):
-    """The base head on features (cB, N, D) -> guided logits (B, N, K), as sample.policy_logits."""
-    with autocast(feats.device):
-        logits = model.head(feats)
-    if cfg_scale:
-        cond, uncond = logits.float().chunk(2)
-        return uncond + cfg_scale * (cond - uncond)
-    return logits.float()
-
-
 @torch.no_grad()
 def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0.0, temperature=1.0,
                          choice_temperature=4.5, mode="confidence", generator=None, cache=False, record=False):
@@ -152,7 +130,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     rec = dict(feats=[], states=[], committed=[])
     for t in range(steps):
         if t in calls:
-            feats = base_features(model, state, prompt_ids, cfg_scale)  # (cB, N, D)
+            feats = branch_features(model, state, prompt_ids, cfg_scale)  # (cB, N, D)
         elif not cache:
             ratio = (state == model.mask_id).float().mean(1).repeat(c)  # (cB,)
             new_emb = model.embed_tokens(state).repeat(c, 1, 1)
