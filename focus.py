@@ -133,19 +133,18 @@ def critical_tokens(traj, group_size, frac=0.3, embeddings=None):
     n3 = n_total - n1 - n2
     step = commit_step(traj)  # (B, N)
     ent_at_commit = traj.entropy.gather(0, step[None])[0]  # (B, N): entropy when it was committed
+    sets = [
+        # 1. causal dependency: earliest commit step first; ties -> higher entropy at commit first
+        (-step.float() + 0.5 * ent_at_commit / (ent_at_commit.max() + 1e-8), n1),
+        # 2. entropy-induced structure: sharp edges of the smoothed entropy map
+        (entropy_edges(ent_at_commit, side), n2),
+        # 3. group diversity: least similar across the group at that position
+        (-group_similarity(traj.final, group_size, embeddings), n3),
+    ]
     chosen = torch.zeros(B, N, dtype=torch.bool, device=traj.final.device)
-
-    def take(score, n):  # the n highest scores among positions not chosen yet
-        nonlocal chosen
+    for score, n in sets:  # each set: the n highest scores among the positions not chosen yet
         idx = score.masked_fill(chosen, -math.inf).topk(n, dim=1).indices
         chosen = chosen.scatter(1, idx, True)
-
-    # 1. causal dependency: earliest commit step first; ties -> higher entropy at commit first
-    take(-step.float() + 0.5 * ent_at_commit / (ent_at_commit.max() + 1e-8), n1)
-    # 2. entropy-induced structure: sharp edges of the smoothed entropy map
-    take(entropy_edges(ent_at_commit, side), n2)
-    # 3. group diversity: least similar across the group at that position
-    take(-group_similarity(traj.final, group_size, embeddings), n3)
     return chosen
 
 
@@ -182,8 +181,10 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
         if embeddings is None:
             raise ValueError("steps='focus' needs the codebook embeddings")
         steps = lambda traj: critical_steps(information_gain(traj, embeddings), k)
-    pick = (lambda traj: critical_tokens(traj, group_size, frac, embeddings)) if tokens == "critical" else None
-    weigh = (lambda old, ref, mask, traj: token_weights(old, ref, mask, commit_step(traj))) if tokens == "critical" else None
+    pick = weigh = None
+    if tokens == "critical":  # GCPO: the loss sees 30% of the positions, weighted by policy/reference divergence
+        pick = lambda traj: critical_tokens(traj, group_size, frac, embeddings)
+        weigh = lambda old, ref, mask, traj: token_weights(old, ref, mask, commit_step(traj))
     if routing == "entropy":
         sample_kwargs = dict(sample_kwargs, token_temperature=entropy_temperature)
     return grpo.rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps=steps, k=k,

@@ -108,7 +108,7 @@ def compare_table(ck):
         std = fin.std().item() if len(fin) > 1 else 0.0
         lines.append(f"| {name} | " + " | ".join(f"{a:.1%}" for a in accs.mean(0).tolist())
                      + f" | {fin.mean():.1%} +- {std:.1%} | {sum(r['seconds'] for r in runs) / len(runs):.0f} "
-                     f"| {runs[0]['fwd'] :.0f} ({runs[0]['score_fwd']:.0f}) |")
+                     f"| {runs[0]['fwd']:.0f} ({runs[0]['score_fwd']:.0f}) |")
     return lines
 
 
