@@ -97,7 +97,8 @@ def choose_steps(T, how, k, generator):
     if how == "all":
         return list(range(T))
     if how == "random":
-        return sorted(torch.randperm(T, generator=generator)[:k].tolist())
+        dev = generator.device if generator is not None else "cpu"  # a CUDA generator draws on the GPU
+        return sorted(torch.randperm(T, generator=generator, device=dev)[:k].tolist())
     raise ValueError(f"steps must be 'all' or 'random' here, got {how!r}")
 
 
@@ -165,6 +166,7 @@ if __name__ == "__main__":
 
     import config
     import rewards
+    import world
     from model import encode_prompts
 
     ap = argparse.ArgumentParser(description="A few GRPO updates on a checkpoint made by train.py; prints the reward.")
@@ -182,7 +184,7 @@ if __name__ == "__main__":
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(0)
     for u in range(args.updates):
-        prompts = rewards.sample_prompts(args.prompts, g_prompts)
+        prompts = world.sample_prompts(args.prompts, g_prompts)
         score = lambda tok, p=prompts: rewards.reward(vq.decode(tok).cpu(), [q for q in p for _ in range(args.group)])
         t0 = time.time()
         s = rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, args.group,

@@ -15,7 +15,7 @@ import textwrap
 
 import torch
 
-import rewards
+import world
 
 COLORS = [(40, 80, 220), (220, 60, 40), (40, 160, 60), (200, 140, 0), (140, 60, 180), (0, 150, 160)]
 
@@ -90,7 +90,7 @@ def trajectory_strip(images, sims, marked, path, cell=96):
 
 def acc_row(name, ev):
     acc = ev["accuracy"]
-    return (f"| {name} | {acc['overall']:.1%} | " + " | ".join(f"{acc[c]:.1%}" for c in rewards.CATEGORIES)
+    return (f"| {name} | {acc['overall']:.1%} | " + " | ".join(f"{acc[c]:.1%}" for c in world.CATEGORIES)
             + f" | {ev['reward']:.3f} | {ev['quality']:.3f} |")
 
 
@@ -125,8 +125,8 @@ def write_report(cfg, dev, vq_mse, res):
         f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} |", "",
         f"Evaluation: {cfg.eval_prompts} prompts x {cfg.eval_samples} samples, T={cfg.sample_steps}, "
         f"CFG {cfg.cfg_scale}, temperature {cfg.temperature}, confidence sampling; accuracy = reward 1.0.", "",
-        "| model | overall | " + " | ".join(rewards.CATEGORIES) + " | mean reward | quality FD (lower is better) |",
-        "| --- | --- | " + " | ".join("---" for _ in rewards.CATEGORIES) + " | --- | --- |",
+        "| model | overall | " + " | ".join(world.CATEGORIES) + " | mean reward | quality FD (lower is better) |",
+        "| --- | --- | " + " | ".join("---" for _ in world.CATEGORIES) + " | --- | --- |",
         acc_row("pretrained", res["eval_pretrain"]),
     ]
     if "eval_rl" in res:
@@ -149,9 +149,9 @@ def write_report(cfg, dev, vq_mse, res):
                   f"Shortcut: {sc['params'] / 1e6:.3f}M parameters vs {pre['params'] / 1e6:.2f}M; one step costs "
                   f"{sc['flops_ratio']:.1%} of a base-model step in FLOPs. Trained {cfg.sc_iters} iterations on "
                   f"{cfg.sc_prompts} trajectories (x2 CFG branches) in {sc['train_seconds']:.0f}s; validation MSE "
-                  f"{sc['log'][-1]['val']:.4f} vs the cache's {sc['log'][-1]['val_cache']:.4f}.", "",
+                  f"{sc['log'][-1]['val']:.3g} vs the cache's {sc['log'][-1]['val_cache']:.3g}.", "",
                   "| steps ahead | shortcut MSE | cache MSE |", "| --- | --- | --- |"]
-        lines += [f"| {d} | {a:.4f} | {b:.4f} |" for d, (a, b) in sc["distance"].items()]
+        lines += [f"| {d} | {a:.3g} | {b:.3g} |" for d, (a, b) in sc["distance"].items()]
         bench_dev = sc.get("device", str(dev))  # where the latencies were measured
         lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{bench_dev}` "
                   f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up); accuracy and quality "

@@ -209,7 +209,7 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
                 v = [transition_loss(shortcut, model, data, s, val) for s in range(1, T)]
             log.append(dict(iter=it, train=loss.item(), val=sum(a.item() for a, _ in v) / len(v),
                             val_cache=sum(b.item() for _, b in v) / len(v)))
-            bar.set_postfix(val=f"{log[-1]['val']:.4f}", cache=f"{log[-1]['val_cache']:.4f}")
+            bar.set_postfix(val=f"{log[-1]['val']:.3g}", cache=f"{log[-1]['val_cache']:.3g}")
     return log
 
 
