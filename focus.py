@@ -198,7 +198,7 @@ if __name__ == "__main__":
 
     import config
     import report
-    import rewards
+    import world
     from model import encode_prompts
     from sample import sample
 
@@ -218,7 +218,7 @@ if __name__ == "__main__":
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
     picked, gains, sims = collections.Counter(), [], []
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
-        ids = encode_prompts(rewards.sample_prompts(args.prompts, g_prompts)).repeat_interleave(args.group, 0)
+        ids = encode_prompts(world.sample_prompts(args.prompts, g_prompts)).repeat_interleave(args.group, 0)
         _, traj = sample(model, ids.to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
                          cfg.choice_temperature, generator=g, record=True)
         gains.append(information_gain(traj, vq.codes))

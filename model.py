@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import rewards
+import world
 
 # ----------------------------------------------------------------------------------
 # VQ codebook (k-means on patches)
@@ -130,8 +130,8 @@ class VQCodebook(nn.Module):
 # ----------------------------------------------------------------------------------
 # Prompt tokenisation (the grammar's words; every prompt fits in PROMPT_LEN words)
 
-WORDS = ("<pad>", "<null>", "a", "and", "of", *rewards.COUNT_WORDS, *rewards.COLORS, *rewards.SHAPES,
-         *[s + "s" for s in rewards.SHAPES], "left", "right", "above", "below")
+WORDS = ("<pad>", "<null>", "a", "and", "of", *world.COUNT_WORDS, *world.COLORS, *world.SHAPES,
+         *[s + "s" for s in world.SHAPES], "left", "right", "above", "below")
 WORD_ID = {w: i for i, w in enumerate(WORDS)}
 PROMPT_LEN = 8  # "a red circle left of a blue square"
 
@@ -140,7 +140,7 @@ def encode_prompts(prompts):
     """list of B prompts -> (B, PROMPT_LEN) long word ids, <pad>-filled. ValueError outside the grammar."""
     rows = []
     for p in prompts:
-        rewards.parse_prompt(p)  # raises a clear error for anything outside the grammar
+        world.parse_prompt(p)  # raises a clear error for anything outside the grammar
         ids = [WORD_ID[w] for w in p.split(" ")]
         rows.append(ids + [WORD_ID["<pad>"]] * (PROMPT_LEN - len(ids)))
     return torch.tensor(rows, dtype=torch.long).view(len(rows), PROMPT_LEN)
@@ -271,11 +271,11 @@ if __name__ == "__main__":
     args = ap.parse_args()
     import rewards
     g = torch.Generator().manual_seed(args.seed)
-    train = rewards.render(rewards.sample_prompts(args.fit_images, g), args.image_size, g, grid=args.grid)
+    train = world.render(world.sample_prompts(args.fit_images, g), args.image_size, g, grid=args.grid)
     vq = VQCodebook.fit(train, args.codebook_size, args.patch, g, progress=True)
-    prompts = rewards.sample_prompts(args.n, g)
-    images = rewards.render(prompts, args.image_size, g, grid=args.grid)
-    wrong = [rewards.perturb_prompt(p, g) for p in prompts]
+    prompts = world.sample_prompts(args.n, g)
+    images = world.render(prompts, args.image_size, g, grid=args.grid)
+    wrong = [world.perturb_prompt(p, g) for p in prompts]
     noisy = (images + 0.03 * torch.randn(images.shape, generator=g)).clamp(0, 1)
     print(f"codebook K={args.codebook_size}, {args.patch}x{args.patch} patches, fitted on {args.fit_images} "
           f"{args.image_size}x{args.image_size} scenes (grid {args.grid})")

@@ -207,6 +207,7 @@ if __name__ == "__main__":
     import os
     import report
     import rewards
+    import world
     import config
     from model import encode_prompts
     dev = config.pick_device(args.device)
@@ -216,7 +217,7 @@ if __name__ == "__main__":
     kw = dict(temperature=cfg.temperature if args.temperature is None else args.temperature,
               choice_temperature=cfg.choice_temperature, mode=args.mode, generator=g)
     if args.bench:
-        prompts = rewards.sample_prompts(args.batch, torch.Generator().manual_seed(0))
+        prompts = world.sample_prompts(args.batch, torch.Generator().manual_seed(0))
         ids = encode_prompts(prompts).to(dev)
         sample(model, ids[:8], args.steps, cfg_scale, **kw)  # warm-up
         times = []

@@ -25,6 +25,7 @@ from tqdm import tqdm
 import focus
 import report
 import rewards
+import world
 import shortcut
 from config import load_stage, log_metrics, model_config, parse_config, pick_device, save_stage, state_dict
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
@@ -40,11 +41,11 @@ def stage_data(cfg):
     if (ck := load_stage(cfg, "data")) is not None:
         return ck
     g = torch.Generator().manual_seed(cfg.seed)
-    fit = rewards.render(rewards.sample_prompts(cfg.fit_images, g), cfg.image_size, g, grid=cfg.grid)
+    fit = world.render(world.sample_prompts(cfg.fit_images, g), cfg.image_size, g, grid=cfg.grid)
     per_cat = cfg.eval_prompts // 4
-    prompts = [p for c in rewards.CATEGORIES for p in rewards.sample_prompts(per_cat, g, [c])]
+    prompts = [p for c in world.CATEGORIES for p in world.sample_prompts(per_cat, g, [c])]
     eval_prompts = [p for p in prompts for _ in range(cfg.eval_samples)]
-    ref = rewards.render(eval_prompts, cfg.image_size, g, grid=cfg.grid)  # what the quality metric compares with
+    ref = world.render(eval_prompts, cfg.image_size, g, grid=cfg.grid)  # what the quality metric compares with
     to_u8 = lambda x: (x * 255).round().byte()
     return save_stage(cfg, "data", dict(fit=to_u8(fit), eval_prompts=eval_prompts, eval_ref=to_u8(ref)))
 
@@ -84,8 +85,8 @@ def stage_pretrain(cfg, vq, dev):
     t0, losses = time.time(), []
     bar = tqdm(range(cfg.pretrain_steps), desc="pretrain")
     for step in bar:
-        prompts = rewards.sample_prompts(cfg.batch_size, g_data)
-        tokens = vq_dev.encode(rewards.render(prompts, cfg.image_size, g_data, grid=cfg.grid).to(dev))
+        prompts = world.sample_prompts(cfg.batch_size, g_data)
+        tokens = vq_dev.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid).to(dev))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
         with autocast(dev):
@@ -134,7 +135,7 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
     fd = rewards.quality(images, data["eval_ref"].float() / 255)
     seconds = time.time() - t0
     print(f"[{name}] accuracy {acc['overall']:.1%} "
-          + " ".join(f"{c} {acc[c]:.1%}" for c in rewards.CATEGORIES) + f", quality FD {fd:.3f} ({seconds:.0f}s)")
+          + " ".join(f"{c} {acc[c]:.1%}" for c in world.CATEGORIES) + f", quality FD {fd:.3f} ({seconds:.0f}s)")
     log_metrics(cfg, stage=name, **acc, quality=fd, reward=r.mean().item(), seconds=round(seconds, 1))
     # a grid: the first sample of 4 prompts per category, each with its verdict
     per = cfg.eval_samples * (cfg.eval_prompts // 4)
@@ -147,7 +148,7 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
 
 def rl_update(cfg, model, ref, opt, vq_dev, g_prompts, g, steps, tokens, routing):
     """One focus.rl_step on fresh grammar prompts; the reward is the verifier on decoded images."""
-    prompts = rewards.sample_prompts(cfg.rl_prompts, g_prompts)
+    prompts = world.sample_prompts(cfg.rl_prompts, g_prompts)
     flat_prompts = [p for p in prompts for _ in range(cfg.group_size)]
     score = lambda tok: rewards.reward(vq_dev.decode(tok).cpu(), flat_prompts)
     return focus.rl_step(model, ref, opt, encode_prompts(prompts).to(vq_dev.codes.device), score, cfg.group_size,
@@ -274,7 +275,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
     g, g_cpu = torch.Generator(dev).manual_seed(cfg.seed + 6), torch.Generator().manual_seed(cfg.seed + 7)
     T, D, N = cfg.sample_steps, cfg.d_model, model.cfg.n_tokens
     t0 = time.time()
-    ids = encode_prompts(rewards.sample_prompts(cfg.sc_prompts, g_cpu)).to(dev)
+    ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)).to(dev)
     traj = shortcut.collect(model, ids, T, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature, g, cfg.eval_batch)
     net = shortcut.Shortcut(D, cfg.sc_width or D // 2).to(dev)
     log = shortcut.train_shortcut(net, model, traj, cfg.sc_iters, cfg.sc_batch, cfg.sc_lr, generator=g_cpu)

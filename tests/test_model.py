@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-import rewards as R
+import world as W
 from model import VQCodebook, patchify, unpatchify
 
 
@@ -17,7 +17,7 @@ def test_patchify_roundtrip_and_order():
 
 def test_codebook_fit_encode_decode_save_load():
     g = torch.Generator().manual_seed(0)
-    images = R.render(R.sample_prompts(60, g), 32, g)
+    images = W.render(W.sample_prompts(60, g), 32, g)
     vq = VQCodebook.fit(images, 64, 4, g, iters=5)  # fewer codes than distinct patches: real k-means
     assert vq.mask_id == 64
     tok = vq.encode(images)
@@ -35,7 +35,7 @@ def test_codebook_fit_encode_decode_save_load():
 
 def test_codebook_fit_is_seeded():
     g = torch.Generator().manual_seed(0)
-    images = R.render(R.sample_prompts(40, g), 32, g)
+    images = W.render(W.sample_prompts(40, g), 32, g)
     a = VQCodebook.fit(images, 32, 4, torch.Generator().manual_seed(1), iters=3)
     b = VQCodebook.fit(images, 32, 4, torch.Generator().manual_seed(1), iters=3)
     assert torch.equal(a.codes, b.codes)
