@@ -63,6 +63,7 @@ class Config:
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
     rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus; what eval uses) | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
+    rl_per_sample: bool = False  # focus: each sample's own k critical steps instead of the batch's
     clip_eps: float = 0.2
     beta: float = 0.01
     # the focus comparison (python train.py --compare): every variant from the pretrained weights
@@ -106,7 +107,7 @@ STAGE_FIELDS = {
                  "weight_decay", "prompt_drop"],
     "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
     "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_steps", "rl_k",
-           "rl_tokens", "rl_routing", "rl_mode", "clip_eps", "beta"],
+           "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "clip_eps", "beta"],
     "eval_rl": [],
     "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_bench_batch"],
 }

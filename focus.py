@@ -17,10 +17,10 @@ Spend the RL gradient where it matters: critical steps, critical tokens, entropy
                       routing in {off, entropy}
 
 Choices and simplifications, plainly:
-  - Critical steps are chosen per batch (s_t averaged over the batch before the gain), as in the
-    MaskFocus code: one model call per chosen step scores the whole batch, and a batch-level
-    choice is less noisy than one sample's. (Per sample would cost the same calls; it is a
-    one-line change of the mean in `information_gain(per_sample=True)`.)
+  - Critical steps are chosen per batch by default (s_t averaged over the batch before the gain), as
+    in the MaskFocus code: a batch-level choice is less noisy than one sample's. rl_step(per_sample=
+    True) gives every sample its own k steps instead (the same number of model calls: call s scores
+    each sample at its own s-th step); the README compares the two.
   - Gain index: gain_t = |s_{t+1} - s_t| belongs to step t, the step whose commits caused the
     change; x0 of the last step is the final image, so the last step's gain is 0.
   - "Codebook embedding" here is the VQ code itself (a p x p RGB patch, 3p^2 numbers): our codebook is
@@ -68,10 +68,12 @@ def information_gain(traj, embeddings, per_sample=False):
 
 
 def critical_steps(gain, k):
-    """The k steps with the largest gain (T,), sorted ascending."""
+    """The k steps with the largest gain, sorted ascending: gain (T,) -> a list of k steps (per batch);
+    gain (B, T) -> a (B, k) long tensor, each sample's own steps (grpo.rl_step takes either)."""
     if not 1 <= k <= gain.shape[-1]:
         raise ValueError(f"k must be in [1, {gain.shape[-1]}], got {k}")
-    return sorted(gain.topk(k).indices.tolist())
+    top = gain.topk(k, dim=-1).indices.sort(-1).values
+    return top.tolist() if gain.ndim == 1 else top
 
 
 # ----------------------------------------------------------------------------------
@@ -170,9 +172,10 @@ def token_weights(logp, ref_logp, mask=None, order=None):
 
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="focus", k=4,
-            tokens="all", routing="off", embeddings=None, frac=0.3, estimator="remask", **kwargs):
+            tokens="all", routing="off", embeddings=None, frac=0.3, estimator="remask", per_sample=False, **kwargs):
     """grpo.rl_step with steps in {all, random, focus}, tokens in {all, critical}, routing in {off, entropy}.
-    embeddings (K, E): the codebook vectors (needed for focus steps and critical tokens)."""
+    embeddings (K, E): the codebook vectors (needed for focus steps and critical tokens).
+    per_sample: focus steps chosen from each sample's own gain instead of the batch mean."""
     if routing not in ("off", "entropy") or tokens not in ("all", "critical"):
         raise ValueError(f"routing must be off|entropy and tokens all|critical, got {routing!r}, {tokens!r}")
     if routing == "entropy" and estimator == "replay":
@@ -180,7 +183,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     if steps == "focus":
         if embeddings is None:
             raise ValueError("steps='focus' needs the codebook embeddings")
-        steps = lambda traj: critical_steps(information_gain(traj, embeddings), k)
+        steps = lambda traj: critical_steps(information_gain(traj, embeddings, per_sample), k)
     pick = weigh = None
     if tokens == "critical":  # GCPO: the loss sees 30% of the positions, weighted by policy/reference divergence
         pick = lambda traj: critical_tokens(traj, group_size, frac, embeddings)
@@ -209,6 +212,7 @@ if __name__ == "__main__":
     ap.add_argument("--prompts", type=int, default=8, help="prompts per batch, each sampled --group times")
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps T (default: the checkpoint's)")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = config.pick_device(args.device)
@@ -216,14 +220,15 @@ if __name__ == "__main__":
     if args.pretrained:
         model.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), weights_only=False)["state"])
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
-    picked, gains, sims = collections.Counter(), [], []
+    picked, picked_each, gains, sims = collections.Counter(), collections.Counter(), [], []
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
         ids = encode_prompts(world.sample_prompts(args.prompts, g_prompts)).repeat_interleave(args.group, 0)
-        _, traj = sample(model, ids.to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
+        _, traj = sample(model, ids.to(dev), args.steps or cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
                          cfg.choice_temperature, generator=g, record=True)
         gains.append(information_gain(traj, vq.codes))
         sims.append(step_similarity(traj, vq.codes).mean(0))
         picked.update(critical_steps(gains[-1], args.k))
+        picked_each.update(critical_steps(information_gain(traj, vq.codes, per_sample=True), args.k).flatten().tolist())
     T = len(gains[0])
     masked = (traj.states == model.mask_id).sum(-1)[:, 0].tolist()  # (T,) masked tokens entering each step
     print(f"{args.batches} batches of {args.prompts} prompts x G={args.group}, T={T}, k={args.k}")
@@ -232,6 +237,8 @@ if __name__ == "__main__":
     print("mean s_t        " + "".join(f"{v:7.3f}" for v in torch.stack(sims).mean(0).tolist()))
     print("mean gain       " + "".join(f"{v:7.3f}" for v in torch.stack(gains).mean(0).tolist()))
     print("times picked    " + "".join(f"{picked[t]:7d}" for t in range(T)))
+    n_each = sum(picked_each.values()) / args.k  # samples pooled
+    print("per sample, %   " + "".join(f"{100 * picked_each[t] / n_each:7.1f}" for t in range(T)))
     crit = critical_tokens(traj, args.group, 0.3, vq.codes)
     side = math.isqrt(crit.shape[1])
     print(f"critical tokens of the last batch's first sample ({int(crit[0].sum())} of {crit.shape[1]}):")

@@ -40,23 +40,38 @@ def group_advantages(rewards, group_size, eps=1e-4):
     return adv.view(-1), flat.float().mean().item()
 
 
+def step_index(steps, B, device):
+    """The scored steps as a (B, S) long tensor: a list of S steps is shared by every sample; a (B, S)
+    tensor gives each sample its own (focus.py's per-sample critical steps)."""
+    idx = torch.as_tensor(steps, dtype=torch.long, device=device)
+    return idx.expand(B, -1) if idx.ndim == 1 else idx
+
+
+def at_steps(x, idx):
+    """x (T, B, ...) recorded per step, idx (B, S) -> (B, S, ...): each sample's entries at its steps."""
+    return x[idx, torch.arange(idx.shape[0], device=idx.device)[:, None]]
+
+
 def replay_logp(model, traj, steps):
     """Log-probs of the tokens committed at each chosen step under the current model's sampling policy.
-    -> logp (B, S, N) and mask (B, S, N) bool (the committed positions), S = len(steps)."""
+    steps: a list, or (B, S) per sample -> logp (B, S, N) and mask (B, S, N) bool (the committed positions)."""
+    idx = step_index(steps, traj.final.shape[0], traj.final.device)  # (B, S)
+    states, tokens = at_steps(traj.states, idx), at_steps(traj.tokens, idx)  # (B, S, N)
     out = []
-    for t in steps:
-        logits = policy_logits(model, traj.states[t], traj.prompt_ids, traj.cfg_scale) / traj.temperature
-        out.append(logits.log_softmax(-1).gather(-1, traj.tokens[t][..., None])[..., 0])  # (B, N)
-    return torch.stack(out, 1), traj.committed[list(steps)].transpose(0, 1)
+    for s in range(idx.shape[1]):
+        logits = policy_logits(model, states[:, s], traj.prompt_ids, traj.cfg_scale) / traj.temperature
+        out.append(logits.log_softmax(-1).gather(-1, tokens[:, s, :, None])[..., 0])  # (B, N)
+    return torch.stack(out, 1), at_steps(traj.committed, idx)
 
 
 def remask_masks(traj, steps, mask_id, generator):
     """(B, S, N) bool: for each chosen step, a uniformly random set of positions of the same size as
     that step's masked set. Draw once, reuse for old, reference and current log-probs."""
-    n_masked = (traj.states[list(steps)] == mask_id).sum(-1)  # (S, B)
     B, N = traj.final.shape
-    rank = torch.rand(len(steps), B, N, generator=generator, device=traj.final.device).argsort(-1).argsort(-1)
-    return (rank < n_masked[..., None]).transpose(0, 1)  # (B, S, N)
+    idx = step_index(steps, B, traj.final.device)  # (B, S)
+    n_masked = (at_steps(traj.states, idx) == mask_id).sum(-1)  # (B, S)
+    rank = torch.rand(idx.shape[1], B, N, generator=generator, device=traj.final.device).argsort(-1).argsort(-1)
+    return rank.transpose(0, 1) < n_masked[..., None]  # (B, S, N)
 
 
 def remask_logp(model, final, prompt_ids, masks, mask_id):
@@ -118,7 +133,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
     (steps, cfg_scale, temperature, mode, token_temperature). `steps` is 'all', 'random' (k of
-    them) or a callable traj -> list of steps (focus.py's critical steps). Optional hooks (focus.py):
+    them) or a callable traj -> a list of steps or a (B, S) tensor of steps per sample (focus.py). Optional hooks (focus.py):
     pick_tokens(traj) -> (B, N) bool restricts the loss to those positions; weigh_tokens(logp, ref,
     mask, traj) -> weights (B, S, N) for grpo_loss. Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
@@ -130,7 +145,8 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     masks = remask_masks(traj, chosen, model.mask_id, generator) if estimator == "remask" else None
     with torch.no_grad():  # the rollout policy and the frozen reference, on the same masks
         if estimator == "replay":  # the sampler already recorded the rollout policy's log-probs
-            old, mask = traj.logp[chosen].transpose(0, 1), traj.committed[chosen].transpose(0, 1)
+            idx = step_index(chosen, tokens.shape[0], tokens.device)
+            old, mask = at_steps(traj.logp, idx), at_steps(traj.committed, idx)
         else:
             old, mask = policy_logp(model, traj, chosen, estimator, masks)
         ref, _ = policy_logp(ref_model, traj, chosen, estimator, masks)
@@ -152,7 +168,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     model.eval()
     # compute in batch forward-equivalents (a backward counts 2): the rollout (x2 with CFG), then per scored step
     # the old policy (remask only: replay recorded it), the reference and mu x (forward + backward)
-    S, T, c = len(chosen), traj.states.shape[0], 2 if traj.cfg_scale else 1
+    S, T, c = mask.shape[1], traj.states.shape[0], 2 if traj.cfg_scale else 1
     per = c if estimator == "replay" else 1  # replay scores the sampler's guided policy; remask has no CFG
     compute = dict(rollout_fwd=T * c, score_fwd=S * per * ((estimator == "remask") + 1 + 3 * mu))
     return dict(reward=r.mean().item(), accuracy=(r >= 1).float().mean().item(), zero_std_groups=flat,

@@ -155,6 +155,7 @@ def rl_update(cfg, model, ref, opt, vq_dev, g_prompts, g, steps, tokens, routing
                          dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
                               choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
                          steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq_dev.codes,
+                         per_sample=cfg.rl_per_sample,
                          estimator=cfg.rl_estimator, mu=cfg.rl_mu, clip_eps=cfg.clip_eps, beta=cfg.beta, generator=g)
 
 

@@ -32,6 +32,10 @@ def test_critical_step_is_the_jump():
         # gain_t = |s_{t+1} - s_t| belongs to step t: the commits of step jump-1 made the prediction jump
         assert focus.critical_steps(gain, 1) == [jump - 1]
         assert gain[-1] == 0 and focus.information_gain(traj, emb, per_sample=True).shape == (3, 6)
+    traj = hand_trajectory(jump=2)
+    traj.x0[1:4, 1] = traj.final[1]  # sample 1's prediction jumps at step 0 instead
+    per = focus.critical_steps(focus.information_gain(traj, emb, per_sample=True), 1)  # (B, 1)
+    assert per.tolist() == [[1], [0], [1]]
 
 
 def test_critical_tokens_count_disjoint_and_earliest():
@@ -92,10 +96,12 @@ def test_focus_rl_step_runs_every_variant():
     ids = encode_prompts(["a red circle", "two blue squares"])
     score = lambda tok: (tok == 3).float().mean(1)
     emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
-    for steps, tokens, routing in [("all", "all", "off"), ("random", "all", "off"), ("focus", "all", "off"),
-                                   ("focus", "critical", "off"), ("focus", "critical", "entropy")]:
+    for steps, tokens, routing, per in [("all", "all", "off", 0), ("random", "all", "off", 0), ("focus", "all", "off", 0),
+                                        ("focus", "all", "off", 1), ("focus", "critical", "off", 1),
+                                        ("focus", "critical", "entropy", 0)]:
         s = focus.rl_step(model, ref, opt, ids, score, 4, dict(steps=6, mode="stochastic"), steps=steps, k=2,
-                          tokens=tokens, routing=routing, embeddings=emb, generator=torch.Generator().manual_seed(2))
+                          tokens=tokens, routing=routing, embeddings=emb, per_sample=bool(per),
+                          generator=torch.Generator().manual_seed(2))
         assert s["scored_steps"] == (6 if steps == "all" else 2)
         assert math.isfinite(s["kl"]) and s["skipped"] == 0
         if tokens == "critical":

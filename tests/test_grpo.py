@@ -85,6 +85,27 @@ def test_remask_masks_exactly_the_steps_count():
     assert lp.shape == (3, 3, 16) and (lp <= 0).all()
 
 
+def test_per_sample_steps_gather_each_samples_own_step():
+    m = tiny_model()
+    ids = encode_prompts(["a red circle", "two blue squares", "a green circle"])
+    _, tr = sample(m, ids, 5, generator=torch.Generator().manual_seed(0), record=True)
+    shared = [1, 3]
+    per = torch.tensor([[1, 3], [1, 3], [1, 3]])  # the same steps as a (B, S) tensor: identical results
+    a = remask_masks(tr, shared, m.mask_id, torch.Generator().manual_seed(1))
+    assert torch.equal(a, remask_masks(tr, per, m.mask_id, torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        assert torch.equal(replay_logp(m, tr, shared)[0], replay_logp(m, tr, per)[0])
+        own = torch.tensor([[0, 4], [2, 3], [1, 2]])  # every sample its own steps
+        lp, mask = replay_logp(m, tr, own)
+        masks = remask_masks(tr, own, m.mask_id, torch.Generator().manual_seed(1))
+        for b in range(3):
+            for s in range(2):
+                t = int(own[b, s])
+                assert torch.equal(mask[b, s], tr.committed[t, b])
+                assert torch.allclose(lp[b, s][mask[b, s]], tr.logp[t, b][mask[b, s]], atol=1e-5)
+                assert masks[b, s].sum() == (tr.states[t, b] == m.mask_id).sum()
+
+
 def test_a_tiny_rl_run_raises_the_reward():
     """Easy task: reward = fraction of tokens equal to code 3. GRPO must push the policy towards it."""
     from grpo import rl_step

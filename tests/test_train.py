@@ -105,3 +105,22 @@ def test_state_dict_is_a_copy():
     with torch.no_grad():
         m.head.weight.add_(1.0)  # training after the snapshot must not change the snapshot
     assert not torch.equal(sd["head.weight"], m.head.weight)
+
+
+def test_tiny_pipeline_under_bf16_autocast(tmp_path, monkeypatch):
+    """The CUDA path autocasts to bf16; CPU bf16 autocast stands in for it, so dtype mix-ups (bf16
+    features meeting float32 weights, bf16 logits in the sampler) fail here rather than on a GPU."""
+    import model
+    import sample
+    import shortcut
+    used = []
+
+    def bf16(device):
+        used.append(str(device))
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    for m in (model, sample, shortcut, train):
+        monkeypatch.setattr(m, "autocast", bf16)
+    res = train.main(["--preset", "tiny", "--out", str(tmp_path / "bf16"), "--compare", "--compare-seeds", "1",
+                      "--compare-variants", "1,3"])
+    assert used and 0 <= res["eval_rl"]["accuracy"]["overall"] <= 1
+    assert all(r["kind"] in ("vanilla", "cache", "shortcut") for r in res["shortcut"]["table"])
