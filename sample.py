@@ -194,7 +194,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Sample from a checkpoint made by train.py: a PNG, a GIF, or a benchmark.")
     ap.add_argument("--ckpt", default="out", help="train.py's output folder (codebook.pt, pretrain.pt / rl.pt)")
     ap.add_argument("--prompt", default="a red circle left of a blue square")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps T (default: the checkpoint's)")
     ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the checkpoint's)")
     ap.add_argument("--temperature", type=float, default=None, help="(default: the checkpoint's)")
     ap.add_argument("--mode", default="confidence", choices=["confidence", "stochastic"])
@@ -213,6 +213,7 @@ if __name__ == "__main__":
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
     cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg
+    args.steps = args.steps or cfg.sample_steps
     g = torch.Generator(dev).manual_seed(args.seed)
     kw = dict(temperature=cfg.temperature if args.temperature is None else args.temperature,
               choice_temperature=cfg.choice_temperature, mode=args.mode, generator=g)
