@@ -142,11 +142,11 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     r = score(tokens).to(tokens.device)  # (B,)
     adv, flat = group_advantages(r, group_size)
     chosen = steps(traj) if callable(steps) else choose_steps(traj.states.shape[0], steps, k, generator)
+    chosen = step_index(chosen, tokens.shape[0], tokens.device)  # (B, S): shared or per-sample steps alike
     masks = remask_masks(traj, chosen, model.mask_id, generator) if estimator == "remask" else None
     with torch.no_grad():  # the rollout policy and the frozen reference, on the same masks
         if estimator == "replay":  # the sampler already recorded the rollout policy's log-probs
-            idx = step_index(chosen, tokens.shape[0], tokens.device)
-            old, mask = at_steps(traj.logp, idx), at_steps(traj.committed, idx)
+            old, mask = at_steps(traj.logp, chosen), at_steps(traj.committed, chosen)
         else:
             old, mask = policy_logp(model, traj, chosen, estimator, masks)
         ref, _ = policy_logp(ref_model, traj, chosen, estimator, masks)

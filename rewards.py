@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from world import (CATEGORIES, COLOR_NAMES, COLORS, MAX_SIZE, MIN_SIZE, PALETTE, REL_MARGIN, RELATIONS, SHAPES,
-                   category, parse_prompt, perturb_prompt, render, sample_prompts)
+                   category, parse_prompt)
 
 BLOB = len(SHAPES)  # shape index of a component that is no legal shape
 
@@ -257,6 +257,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="out/rewards_grid.png")
     args = ap.parse_args()
     import os
+    from world import perturb_prompt, render, sample_prompts
     g = torch.Generator().manual_seed(args.seed)
     prompts = sample_prompts(args.n, g)
     t0 = time.perf_counter()
