@@ -176,17 +176,21 @@ def save_gif(frames, path, scale=4, ms=250):
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=ms, loop=0)
 
 
-def trajectory_frames(vq, traj, i=0):
-    """Frames of sample i: the committed tokens after each step (masked spots black), then the final image."""
-    frames = []
-    for t in range(traj.states.shape[0]):
-        state = traj.states[t, i]
+def trajectory_frames(vq, traj, i=0, marked=()):
+    """Frames of sample i: all-masked, then the committed tokens after each step t (masked spots black;
+    the last frame is the final image). The frame after each step in `marked` (e.g. focus.py's critical
+    steps) gets a red border."""
+    g, p = math.isqrt(traj.final.shape[1]), vq.patch
+    after = [*traj.states[1:, i], traj.final[i]]  # (N,) each: the state once step t is done
+    frames = [torch.zeros_like(vq.decode(traj.final[i:i + 1])[0])]  # before step 0: nothing known
+    for t, state in enumerate(after):
         known = state != vq.mask_id  # (N,)
         img = vq.decode(torch.where(known, state, 0)[None])[0]  # (3, H, W); masked spots show code 0
-        g, p = math.isqrt(state.numel()), vq.patch
-        keep = known.view(g, g).repeat_interleave(p, 0).repeat_interleave(p, 1).float()  # (H, W)
-        frames.append(img * keep)
-    frames.append(vq.decode(traj.final[i:i + 1])[0])
+        img = img * known.view(g, g).repeat_interleave(p, 0).repeat_interleave(p, 1).float()  # masked: black
+        if t in marked:  # a 1-pixel red frame
+            red = torch.tensor([0.9, 0.15, 0.15], device=img.device)[:, None, None]
+            img[:, [0, -1], :], img[:, :, [0, -1]] = red, red
+        frames.append(img)
     return frames
 
 
@@ -238,7 +242,7 @@ if __name__ == "__main__":
         tokens, traj = sample(model, ids, args.steps, cfg_scale, record=True, **kw)
         images = vq.decode(tokens)
         r = rewards.reward(images, [args.prompt] * args.n)
-        os.makedirs("out", exist_ok=True)
-        report.save_grid(images, report.verdict_captions([args.prompt] * args.n, r), "out/sample.png")
-        save_gif(trajectory_frames(vq, traj), "out/sample.gif")
-        print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote out/sample.png and out/sample.gif")
+        png, gif = os.path.join(args.ckpt, "sample.png"), os.path.join(args.ckpt, "sample.gif")
+        report.save_grid(images, report.verdict_captions([args.prompt] * args.n, r), png)
+        save_gif(trajectory_frames(vq, traj), gif)
+        print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote {png} and {gif}")

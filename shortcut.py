@@ -16,9 +16,10 @@ sampling step to the next, so most steps can skip the base model.
   step_distance_mse     held-out feature error of chained shortcut steps vs the cache, per distance
   speed_table           latency per image, speed-up, accuracy and quality for vanilla / cache / shortcut
 
-Simplified versus the paper: one block (as the paper) but trained on this repo's 12-step
-trajectories only; the CFG branches share one shortcut (each propagates its own features, the
-unconditional one sees the same committed tokens); no KV cache tricks in the base model.
+Simplified versus the paper: one block (as the paper), trained only on trajectories with the step
+count it is used at (train.py's sample_steps); the CFG branches share one shortcut (each propagates
+its own features, the unconditional one sees the same committed tokens); no KV cache tricks in the
+base model.
 """
 
 import argparse

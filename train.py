@@ -314,9 +314,13 @@ def stage_shortcut(cfg, model, vq, data, dev):
 
 
 def write_trajectory_gif(cfg, model, vq, dev, prompt="a red circle left of a blue square"):
+    """One unmasking trajectory as a GIF (the evaluation's sampling settings); the frames after this
+    sample's k critical steps (focus.py's information gain) have a red border."""
     g = torch.Generator(dev).manual_seed(cfg.seed)
-    _, traj = sample(model, encode_prompts([prompt]).to(dev), cfg.sample_steps, cfg.cfg_scale, generator=g, record=True)
-    save_gif(trajectory_frames(vq, traj), os.path.join(cfg.out, "trajectory.gif"))
+    _, traj = sample(model, encode_prompts([prompt]).to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
+                     cfg.choice_temperature, generator=g, record=True)
+    marked = focus.critical_steps(focus.information_gain(traj, vq.codes), cfg.rl_k)
+    save_gif(trajectory_frames(vq, traj, marked=marked), os.path.join(cfg.out, "trajectory.gif"))
 
 
 def main(argv=None):

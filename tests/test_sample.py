@@ -78,3 +78,20 @@ def test_token_temperature_hook_is_used(model):
     _, tr = sample(model, ids, 4, generator=torch.Generator().manual_seed(0), record=True, token_temperature=hot)
     assert seen["shape"] == (3, 16)
     assert tr.logp.max() <= 0 and (tr.logp[tr.committed] > -1e-3).all()  # near-greedy: log p ~ 0
+
+
+def test_trajectory_frames_show_commits_and_mark_steps(model):
+    from model import VQCodebook
+    from sample import trajectory_frames
+    vq = VQCodebook(16, 2)
+    vq.codes.copy_(torch.linspace(0.1, 1.0, 16)[:, None].expand(16, 12))  # code c: a flat grey patch, never black
+    _, tr = sample(model, prompts(1), 4, generator=torch.Generator().manual_seed(0), record=True)
+    plain = trajectory_frames(vq, tr)
+    assert len(plain) == 5 and all(f.shape == (3, 8, 8) for f in plain)  # 16 tokens of 2x2 px
+    assert plain[0].abs().sum() == 0  # nothing committed yet: all black
+    lit = [int((f.view(3, 4, 2, 4, 2).amax((0, 2, 4)) > 0).sum()) for f in plain]  # tokens shown per frame
+    assert lit == [16 - c for c in [16] + mask_counts(4, 16)]
+    frames = trajectory_frames(vq, tr, marked=[1])
+    red = torch.tensor([0.9, 0.15, 0.15])[:, None]
+    assert torch.allclose(frames[2][:, 0, :], red.expand(3, 8))  # the frame after step 1 has the border
+    assert all(torch.equal(a, b) for i, (a, b) in enumerate(zip(frames, plain)) if i != 2)
