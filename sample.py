@@ -176,18 +176,19 @@ def save_gif(frames, path, scale=4, ms=250):
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=ms, loop=0)
 
 
-def trajectory_frames(vq, traj, i=0, marked=()):
-    """Frames of sample i: all-masked, then the committed tokens after each step t (masked spots black;
-    the last frame is the final image). The frame after each step in `marked` (e.g. focus.py's critical
-    steps) gets a red border."""
+def trajectory_frames(vq, traj, i=0, marked=(), masked_grey=0.3):
+    """Frames of sample i: all-masked, then the committed tokens after each step t (still-masked spots
+    grey, so a committed black background patch shows; the last frame is the final image). The frame
+    after each step in `marked` (e.g. focus.py's critical steps) gets a red border."""
     g, p = math.isqrt(traj.final.shape[1]), vq.patch
-    after = [*traj.states[1:, i], traj.final[i]]  # (N,) each: the state once step t is done
-    frames = [torch.zeros_like(vq.decode(traj.final[i:i + 1])[0])]  # before step 0: nothing known
-    for t, state in enumerate(after):
+    after = [traj.states[0, i], *traj.states[1:, i], traj.final[i]]  # (N,) each: all masked, then after step t
+    frames = []
+    for j, state in enumerate(after):
         known = state != vq.mask_id  # (N,)
-        img = vq.decode(torch.where(known, state, 0)[None])[0]  # (3, H, W); masked spots show code 0
-        img = img * known.view(g, g).repeat_interleave(p, 0).repeat_interleave(p, 1).float()  # masked: black
-        if t in marked:  # a 1-pixel red frame
+        img = vq.decode(torch.where(known, state, 0)[None])[0]  # (3, H, W)
+        keep = known.view(g, g).repeat_interleave(p, 0).repeat_interleave(p, 1)  # (H, W)
+        img = torch.where(keep, img, torch.full_like(img, masked_grey))
+        if j - 1 in marked:  # the frame right after a marked step: a 1-pixel red border
             red = torch.tensor([0.9, 0.15, 0.15], device=img.device)[:, None, None]
             img[:, [0, -1], :], img[:, :, [0, -1]] = red, red
         frames.append(img)
