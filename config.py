@@ -58,8 +58,8 @@ class Config:
     rl_lr: float = 1e-4
     rl_mu: int = 1  # inner updates per rollout batch
     rl_estimator: str = "remask"  # remask | replay
-    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps)
-    rl_tokens: str = "critical"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights)
+    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; random ties it, README)
+    rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; -4 points at T=16)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
     rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus; what eval uses) | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
