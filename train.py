@@ -86,7 +86,7 @@ def stage_pretrain(cfg, vq, dev):
     bar = tqdm(range(cfg.pretrain_steps), desc="pretrain")
     for step in bar:
         prompts = world.sample_prompts(cfg.batch_size, g_data)
-        tokens = vq_dev.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid).to(dev))
+        tokens = vq_dev.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
         with autocast(dev):

@@ -217,7 +217,8 @@ def _place(objs, rel, H, generator, tries=1000, grid=1):
 
 def shape_coverage(shape_ids, cx, cy, size, H):
     """Anti-aliased coverage (n, H, H) in [0, 1] of n shapes, from signed distances in pixels."""
-    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(H) + 0.5, indexing="ij")
+    grid = torch.arange(H, device=cx.device) + 0.5
+    ys, xs = torch.meshgrid(grid, grid, indexing="ij")
     dx = xs - cx[:, None, None]  # (n, H, H)
     dy = ys - cy[:, None, None]
     r = size[:, None, None] / 2
@@ -230,7 +231,7 @@ def shape_coverage(shape_ids, cx, cy, size, H):
     return (0.5 - sd).clamp(0, 1)
 
 
-def render(prompts, image_size, generator, antialias=False, grid=1):
+def render(prompts, image_size, generator, antialias=False, grid=1, device=None):
     """A random scene satisfying each prompt -> (B, 3, H, W) float in [0, 1].
 
     Shapes have integer sizes and positions and, by default, hard edges (a pixel is in when its
@@ -238,7 +239,8 @@ def render(prompts, image_size, generator, antialias=False, grid=1):
     reconstructs scenes almost exactly. antialias=True draws soft edges instead (the verifier
     handles both). grid=p puts every object on the p x p patch grid (sizes and corners multiples
     of p): then each shape of each size is always the same few codes, which a small model learns
-    far faster (train.py uses grid = patch)."""
+    far faster (train.py uses grid = patch). Placement draws from `generator` (CPU); the pixels are
+    drawn on `device` (train.py renders its training batches straight onto the GPU)."""
     H = image_size
     if H < 16:
         raise ValueError(f"image_size must be >= 16, got {H}")
@@ -248,12 +250,13 @@ def render(prompts, image_size, generator, antialias=False, grid=1):
         for (color, shape), (cx, cy, s) in zip(objs, _place(objs, rel, H, generator, grid=grid)):
             img_idx.append(b); colors.append(COLOR_NAMES.index(color)); shapes.append(SHAPES.index(shape))
             cxs.append(cx); cys.append(cy); sizes.append(s)
-    cov = shape_coverage(torch.tensor(shapes), torch.tensor(cxs), torch.tensor(cys), torch.tensor(sizes), H)
+    t = lambda v, dtype=torch.float32: torch.tensor(v, dtype=dtype, device=device)
+    cov = shape_coverage(t(shapes, torch.long), t(cxs), t(cys), t(sizes), H)  # (n_obj, H, H)
     if not antialias:
         cov = (cov >= 0.5).float()
-    rgb = PALETTE[torch.tensor(colors)]  # (n_obj, 3)
-    images = torch.zeros(len(prompts), 3, H, H)
-    images.index_add_(0, torch.tensor(img_idx, dtype=torch.long), cov[:, None] * rgb[:, :, None, None])
+    rgb = PALETTE.to(device)[t(colors, torch.long)]  # (n_obj, 3)
+    images = torch.zeros(len(prompts), 3, H, H, device=device)
+    images.index_add_(0, t(img_idx, torch.long), cov[:, None] * rgb[:, :, None, None])
     return images.clamp(0, 1)
 
 
