@@ -27,7 +27,8 @@ import report
 import rewards
 import world
 import shortcut
-from config import load_stage, log_metrics, model_config, parse_config, pick_device, save_stage, state_dict
+from config import (load_stage, log_metrics, model_config, parse_config, pick_device, save_atomic, save_stage,
+                    stage_config, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample, save_gif, trajectory_frames
 
@@ -214,9 +215,18 @@ def eval_subset(cfg, data, n):
 
 
 def stage_compare(cfg, vq, data, dev):
-    """focus.py's comparison: every variant from the same pretrained weights, same seeds, same updates."""
+    """focus.py's comparison: every variant from the same pretrained weights, same seeds, same updates.
+    Each finished (variant, seed) run is saved to compare.partial.pt at once, so a rerun after a crash or
+    a time limit goes on from there (every run starts from the same weights and seeds: nothing changes)."""
     if (ck := load_stage(cfg, "compare")) is not None:
         return ck
+    partial, want = os.path.join(cfg.out, "compare.partial.pt"), stage_config(cfg, "compare")
+    runs = []
+    if not cfg.fresh and os.path.exists(partial):
+        ck = torch.load(partial, map_location="cpu", weights_only=False)
+        if ck["config"] == want:
+            runs = ck["runs"]
+            print(f"[compare] resuming: {len(runs)} runs already done")
     pre_state = torch.load(os.path.join(cfg.out, "pretrain.pt"), map_location="cpu", weights_only=False)["state"]
     n_up = cfg.compare_updates or cfg.rl_updates
     marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
@@ -224,13 +234,15 @@ def stage_compare(cfg, vq, data, dev):
     model = MaskedTransformer(model_config(cfg)).to(dev)
     acc = lambda m: (rewards.reward(generate(cfg, m, vq, prompts, dev, cfg.seed + 100), prompts) >= 1).float().mean().item()
     model.load_state_dict(pre_state)
-    acc0, runs = acc(model), []
+    acc0 = acc(model)
     vq_dev = vq.to(dev)
     variants = pick_variants(cfg.compare_variants)
     if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
         raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. --compare-variants 0,1,2,3")
     for name, steps, tokens, routing in variants:
         for seed in range(cfg.compare_seeds):
+            if any(r["variant"] == name and r["seed"] == seed for r in runs):
+                continue
             model.load_state_dict(pre_state)
             ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 1000 * (seed + 1))
             curve, seconds, fwd, score_fwd = [(0, acc0)], 0.0, 0, 0
@@ -243,6 +255,7 @@ def stage_compare(cfg, vq, data, dev):
                     curve.append((u + 1, acc(model)))
             runs.append(dict(variant=name, seed=seed, curve=curve, seconds=seconds, fwd=fwd / n_up,
                              score_fwd=score_fwd / n_up))
+            save_atomic(dict(runs=runs, config=want), partial)
             log_metrics(cfg, stage="compare", **runs[-1])
             print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
     vq.cpu()
@@ -252,7 +265,9 @@ def stage_compare(cfg, vq, data, dev):
         series[name] = [(u, sum(c[i][1] for c in rs) / len(rs)) for i, (u, _) in enumerate(rs[0])]
     report.draw_curves(series, os.path.join(cfg.out, "compare.png"), "held-out accuracy vs RL updates (seed mean)")
     write_critical_steps(cfg, model, vq, dev)
-    return save_stage(cfg, "compare", dict(runs=runs, updates=n_up, seeds=cfg.compare_seeds, n_eval=len(prompts)))
+    ck = save_stage(cfg, "compare", dict(runs=runs, updates=n_up, seeds=cfg.compare_seeds, n_eval=len(prompts)))
+    os.remove(partial)
+    return ck
 
 
 def write_critical_steps(cfg, model, vq, dev, prompt="a red circle left of a blue square"):

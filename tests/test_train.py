@@ -124,3 +124,32 @@ def test_tiny_pipeline_under_bf16_autocast(tmp_path, monkeypatch):
                       "--compare-variants", "1,3"])
     assert used and 0 <= res["eval_rl"]["accuracy"]["overall"] <= 1
     assert all(r["kind"] in ("vanilla", "cache", "shortcut") for r in res["shortcut"]["table"])
+
+
+def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
+    """A crash in the second run of the comparison keeps the first run; the rerun does only the rest and
+    matches an uninterrupted comparison."""
+    args = ["--preset", "tiny", "--rl-updates", "0", "--sc-iters", "0", "--compare", "--compare-seeds", "1",
+            "--compare-updates", "1", "--compare-variants", "1,2"]
+    whole = train.main(args + ["--out", str(tmp_path / "whole")])["compare"]["runs"]
+    out = str(tmp_path / "crash")
+    real, calls = train.rl_update, []
+
+    def crash_on_second_run(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real(*a)
+    monkeypatch.setattr(train, "rl_update", crash_on_second_run)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main(args + ["--out", out])
+    assert not os.path.exists(os.path.join(out, "compare.pt"))
+    kept = torch.load(os.path.join(out, "compare.partial.pt"), weights_only=False)["runs"]
+    assert [r["variant"] for r in kept] == ["random k"]
+    monkeypatch.setattr(train, "rl_update", real)
+    capsys.readouterr()
+    runs = train.main(args + ["--out", out])["compare"]["runs"]
+    assert "[compare] resuming: 1 runs already done" in capsys.readouterr().out
+    assert runs[0] == kept[0] and [r["variant"] for r in runs] == ["random k", "focus k"]
+    assert [r["curve"] for r in runs] == [r["curve"] for r in whole]  # the same numbers as without the crash
+    assert not os.path.exists(os.path.join(out, "compare.partial.pt"))
