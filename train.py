@@ -227,6 +227,8 @@ def stage_compare(cfg, vq, data, dev):
         if ck["config"] == want:
             runs = ck["runs"]
             print(f"[compare] resuming: {len(runs)} runs already done")
+        else:
+            print(f"[compare] {partial} was made with other settings: starting the comparison over")
     pre_state = torch.load(os.path.join(cfg.out, "pretrain.pt"), map_location="cpu", weights_only=False)["state"]
     n_up = cfg.compare_updates or cfg.rl_updates
     marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
