@@ -181,7 +181,7 @@ def trajectory_frames(vq, traj, i=0, marked=(), masked_grey=0.3):
     grey, so a committed black background patch shows; the last frame is the final image). The frame
     after each step in `marked` (e.g. focus.py's critical steps) gets a red border."""
     g, p = math.isqrt(traj.final.shape[1]), vq.patch
-    after = [traj.states[0, i], *traj.states[1:, i], traj.final[i]]  # (N,) each: all masked, then after step t
+    after = [*traj.states[:, i], traj.final[i]]  # (N,) each: all masked, then the state after step t
     frames = []
     for j, state in enumerate(after):
         known = state != vq.mask_id  # (N,)

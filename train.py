@@ -272,17 +272,19 @@ def stage_compare(cfg, vq, data, dev):
     return ck
 
 
-def write_critical_steps(cfg, model, vq, dev, prompt="a red circle left of a blue square"):
-    """One trajectory: each step's x0, its similarity to the final image, the critical steps (by this sample)."""
+def example_trajectory(cfg, model, vq, dev, prompt="a red circle left of a blue square"):
+    """One recorded trajectory with the evaluation's sampling settings, and its k critical steps (focus.py)."""
     g = torch.Generator(dev).manual_seed(cfg.seed)
     _, traj = sample(model, encode_prompts([prompt]).to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
                      cfg.choice_temperature, generator=g, record=True)
-    codes = vq.codes.to(dev)
-    sims = focus.step_similarity(traj, codes)[0]  # (T,)
-    marked = focus.critical_steps(focus.information_gain(traj, codes), cfg.rl_k)
-    report.trajectory_strip(vq.to(dev).decode(traj.x0[:, 0]).cpu(), sims, marked,
-                            os.path.join(cfg.out, "critical_steps.png"))
-    vq.cpu()
+    return traj, focus.critical_steps(focus.information_gain(traj, vq.codes), cfg.rl_k)
+
+
+def write_critical_steps(cfg, model, vq, dev):
+    """One trajectory: each step's x0, its similarity to the final image, the critical steps (by this sample)."""
+    traj, marked = example_trajectory(cfg, model, vq, dev)
+    sims = focus.step_similarity(traj, vq.codes)[0]  # (T,)
+    report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), sims, marked, os.path.join(cfg.out, "critical_steps.png"))
 
 
 def stage_shortcut(cfg, model, vq, data, dev):
@@ -330,13 +332,9 @@ def stage_shortcut(cfg, model, vq, data, dev):
         bench_batch=min(cfg.sc_bench_batch, len(prompts)), n_eval=len(prompts), device=str(dev)))
 
 
-def write_trajectory_gif(cfg, model, vq, dev, prompt="a red circle left of a blue square"):
-    """One unmasking trajectory as a GIF (the evaluation's sampling settings); the frames after this
-    sample's k critical steps (focus.py's information gain) have a red border."""
-    g = torch.Generator(dev).manual_seed(cfg.seed)
-    _, traj = sample(model, encode_prompts([prompt]).to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
-                     cfg.choice_temperature, generator=g, record=True)
-    marked = focus.critical_steps(focus.information_gain(traj, vq.codes), cfg.rl_k)
+def write_trajectory_gif(cfg, model, vq, dev):
+    """One unmasking trajectory as a GIF; the frames after its k critical steps have a red border."""
+    traj, marked = example_trajectory(cfg, model, vq, dev)
     save_gif(trajectory_frames(vq, traj, marked=marked), os.path.join(cfg.out, "trajectory.gif"))
 
 
