@@ -94,6 +94,16 @@ def acc_row(name, ev):
             + f" | {ev['reward']:.3f} | {ev['quality']:.3f} |")
 
 
+def failure_table(evals):
+    """Why samples fail, as a share of each category's samples: a row per rewards.FAILURES mode, each
+    cell 'pretrained -> after RL' (one share per evaluation given)."""
+    lines = ["| why | " + " | ".join(world.CATEGORIES) + " |", "| --- |" + " --- |" * len(world.CATEGORIES)]
+    for m in next(iter(evals[0]["failures"].values())):
+        cells = [" -> ".join(f"{ev['failures'][c][m]:.0%}" for ev in evals) for c in world.CATEGORIES]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def compare_table(ck):
     """Rows of the focus comparison: mean and std over seeds of the accuracy at each checkpoint."""
     names = list(dict.fromkeys(r["variant"] for r in ck["runs"]))
@@ -137,6 +147,13 @@ def write_report(cfg, dev, vq_mse, res):
                   f"`{cfg.rl_tokens}`, routing `{cfg.rl_routing}`, mu={cfg.rl_mu}, lr {cfg.rl_lr}, beta {cfg.beta}: "
                   f"{rl['seconds']:.0f}s. Reward curve: `rl_reward.png`; before/after samples "
                   f"(same prompts and seeds): `samples_pretrain.png`, `samples_rl.png`."]
+    evals = [res[k] for k in ("eval_pretrain", "eval_rl") if k in res and "failures" in res[k]]
+    if evals:  # (evaluations made before failure_modes existed have no 'failures')
+        lines += ["", "## Why samples fail (rewards.failure_modes)", "",
+                  "Share of each category's evaluation samples, " + " -> ".join(
+                      "pretrained" if ev is res["eval_pretrain"] else "after RL" for ev in evals)
+                  + "; each failed sample counts once, under the first reason that applies (top to bottom).", ""]
+        lines += failure_table(evals)
     if "compare" in res:
         ck = res["compare"]
         lines += ["", "## Critical steps and tokens (focus.py), from the same pretrained weights", "",

@@ -173,20 +173,18 @@ def _prompt_table(prompts):
     return want, rel
 
 
-@torch.no_grad()
-def reward(images, prompts):
-    """(B, 3, H, H) images in [0, 1] and B prompts -> (B,) reward in [0, 1]; 1.0 iff satisfied."""
-    prompts = list(prompts)
-    check_images(images, len(prompts))
-    images = images.detach().float().cpu().clamp(0, 1)
-    B, H = images.shape[0], images.shape[2]
+def _tally(images, prompts):
+    """What the prompts name and what the verifier finds, as counts over (colour, shape) cells: want, got
+    (B, 4 colours, 3 shapes + blob), centroid sums per cell (B, 4, 4, 2), position targets (B, 5)."""
     want, rel = _prompt_table(prompts)  # (B, 4, 4), (B, 5)
-    if B == 0:
-        return torch.zeros(0)
-    o = find_objects(images)
+    o = find_objects(images.detach().float().cpu().clamp(0, 1))
     cell = o["image"] * want[0].numel() + o["color"] * want.shape[2] + o["shape"]
     got = torch.zeros(want.numel()).index_add_(0, cell, torch.ones(len(cell))).view_as(want)
     pos = torch.zeros(want.numel(), 2).index_add_(0, cell, torch.stack([o["cx"], o["cy"]], 1)).view(*want.shape, 2)
+    return want, got, pos, rel
+
+
+def _score(want, got, pos, rel, H):
     both = torch.minimum(want, got)
     full = both.sum((1, 2))
     lw, lg = want - both, got - both  # left-over objects on both sides
@@ -195,14 +193,55 @@ def reward(images, prompts):
     r = (full + 0.25 * (color_only + shape_only)) / torch.maximum(want.sum((1, 2)), got.sum((1, 2)))
     is_pos = rel[:, 0] >= 0
     if is_pos.any():
-        bi = torch.arange(B)
+        bi = torch.arange(len(r))
         c1, s1, c2, s2, rr = rel.clamp(min=0).T
         once = (got[bi, c1, s1] == 1) & (got[bi, c2, s2] == 1)
         d = pos[bi, c1, s1] - pos[bi, c2, s2]  # (B, 2) centroid of first minus second
-        m = REL_MARGIN * H
-        side = torch.stack([-d[:, 0], d[:, 0], -d[:, 1], d[:, 1]], 1).gather(1, rr[:, None])[:, 0] >= m
+        side = torch.stack([-d[:, 0], d[:, 0], -d[:, 1], d[:, 1]], 1).gather(1, rr[:, None])[:, 0] >= REL_MARGIN * H
         r = torch.where(is_pos & ~(once & side), 0.5 * r, r)
     return r
+
+
+@torch.no_grad()
+def reward(images, prompts):
+    """(B, 3, H, H) images in [0, 1] and B prompts -> (B,) reward in [0, 1]; 1.0 iff satisfied."""
+    prompts = list(prompts)
+    check_images(images, len(prompts))
+    if not prompts:
+        return torch.zeros(0)
+    return _score(*_tally(images, prompts), images.shape[-1])
+
+
+FAILURES = ("ok", "too few objects", "too many objects", "a malformed shape", "colours and shapes swapped",
+            "wrong colour or shape", "wrong position")
+
+
+@torch.no_grad()
+def failure_modes(images, prompts):
+    """Why each sample fails: B names from FAILURES, the first that applies in that order.
+    "colours and shapes swapped": the right colours and the right shapes, bound to each other
+    wrongly ("a red circle and a blue square" drawn as a blue circle and a red square)."""
+    prompts = list(prompts)
+    check_images(images, len(prompts))
+    if not prompts:
+        return []
+    want, got, pos, rel = _tally(images, prompts)
+    ok = _score(want, got, pos, rel, images.shape[-1]) >= 1
+    n_want, n_got = want.sum((1, 2)), got.sum((1, 2))
+    differ = (want != got).flatten(1).any(1)
+    same_marginals = (want.sum(2) == got.sum(2)).all(1) & (want.sum(1) == got.sum(1)).all(1)
+    tests = [ok, n_got < n_want, n_got > n_want, got[:, :, BLOB].sum(1) > 0, same_marginals & differ, differ]
+    out = torch.full((len(prompts),), len(FAILURES) - 1)  # none applies: right objects, wrong relation
+    for i in reversed(range(len(tests))):
+        out = torch.where(tests[i], i, out)
+    return [FAILURES[i] for i in out.tolist()]
+
+
+def failure_report(modes, prompts):
+    """{category: {mode: share of that category's samples}} from failure_modes' names."""
+    cats = [category(p) for p in prompts]
+    return {c: {m: sum(1 for x, y in zip(modes, cats) if y == c and x == m) / max(1, cats.count(c)) for m in FAILURES}
+            for c in CATEGORIES}
 
 
 def accuracy_report(rewards, prompts):

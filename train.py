@@ -134,6 +134,7 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
     r = rewards.reward(images, prompts)
     acc = rewards.accuracy_report(r, prompts)
     fd = rewards.quality(images, data["eval_ref"].float() / 255)
+    failures = rewards.failure_report(rewards.failure_modes(images, prompts), prompts)  # why samples fail
     seconds = time.time() - t0
     print(f"[{name}] accuracy {acc['overall']:.1%} "
           + " ".join(f"{c} {acc[c]:.1%}" for c in world.CATEGORIES) + f", quality FD {fd:.3f} ({seconds:.0f}s)")
@@ -144,7 +145,7 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
     report.save_grid(images[pick], report.verdict_captions([prompts[i] for i in pick], r[pick]),
                       os.path.join(cfg.out, f"samples_{name.split('_', 1)[1]}.png"))
     return save_stage(cfg, name, dict(accuracy=acc, quality=fd, reward=r.mean().item(), seconds=seconds,
-                                      rewards=r, n=len(prompts)))
+                                      rewards=r, failures=failures, n=len(prompts)))
 
 
 def rl_update(cfg, model, ref, opt, vq_dev, g_prompts, g, steps, tokens, routing):

@@ -71,6 +71,27 @@ def test_partial_credit_by_hand():
     assert torch.allclose(r, expected), r
 
 
+def test_failure_modes_by_hand():
+    H = 32
+    rc_bs = paint(paint(blank(H)[0], "red", "circle", 10, 10, 10), "blue", "square", 24, 10, 10)
+    bc_rs = paint(paint(blank(H)[0], "blue", "circle", 10, 10, 10), "red", "square", 24, 10, 10)
+    rc_gs = paint(paint(blank(H)[0], "red", "circle", 10, 10, 10), "green", "square", 24, 10, 10)
+    bar = rc_bs.clone()
+    bar[:, 20:31, 4:7] = W.PALETTE[3][:, None, None]  # an 11x3 yellow bar: a third object of no legal shape
+    one = paint(blank(H)[0], "red", "circle", 10, 10, 10)
+    blob = blank(H)[0]
+    blob[:, 4:15, 10:13] = W.PALETTE[0][:, None, None]  # right count, but no legal shape
+    two_rc = paint(paint(blank(H)[0], "red", "circle", 10, 10, 10), "red", "circle", 24, 24, 10)
+    imgs = torch.stack([rc_bs, one, bar, blob, bc_rs, rc_gs, rc_bs, two_rc])
+    prompts = ["a red circle and a blue square", "a red circle and a blue square", "a red circle and a blue square",
+               "a red circle", "a red circle and a blue square", "a red circle left of a blue square",
+               "a red circle right of a blue square", "three red circles"]
+    assert R.failure_modes(imgs, prompts) == [
+        "ok", "too few objects", "too many objects", "a malformed shape", "colours and shapes swapped",
+        "wrong colour or shape", "wrong position", "too few objects"]
+    assert R.failure_modes(imgs[:0], []) == []
+
+
 def test_specks_are_ignored_but_big_extra_blobs_count():
     img = paint(blank()[0], "green", "triangle", 12, 12, 10)
     speck = img.clone()

@@ -54,7 +54,11 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     kinds = [(r["kind"], r["steps"], r["budget"]) for r in res["shortcut"]["table"]]
     assert ("vanilla", 4, 4) in kinds and ("shortcut", 4, 2) in kinds and ("cache", 4, 2) in kinds
     assert res["shortcut"]["table"][kinds.index(("vanilla", 4, 4))]["speedup"] == 1.0
-    assert "## Shortcut" in open(os.path.join(out, "report.md")).read()
+    for ev in (res["eval_pretrain"], res["eval_rl"]):  # every sample has exactly one verdict: ok or a reason
+        for c, shares in ev["failures"].items():
+            assert abs(sum(shares.values()) - 1) < 1e-6 and abs(shares["ok"] - ev["accuracy"][c]) < 1e-6
+    text = open(os.path.join(out, "report.md")).read()
+    assert "## Shortcut" in text and "| colours and shapes swapped |" in text
     mtime = os.path.getmtime(os.path.join(out, "pretrain.pt"))
     capsys.readouterr()
     train.main(["--preset", "tiny", "--out", out])  # resume: every stage skipped
