@@ -82,12 +82,11 @@ def stage_pretrain(cfg, vq, dev):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     g_data = torch.Generator().manual_seed(cfg.seed + 2)  # scenes (CPU)
     g_mask = torch.Generator(dev).manual_seed(cfg.seed + 3)  # masks and prompt drop (on the device)
-    vq_dev = vq.to(dev)
     t0, losses = time.time(), []
     bar = tqdm(range(cfg.pretrain_steps), desc="pretrain")
     for step in bar:
         prompts = world.sample_prompts(cfg.batch_size, g_data)
-        tokens = vq_dev.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
+        tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
         with autocast(dev):
@@ -104,7 +103,6 @@ def stage_pretrain(cfg, vq, dev):
     ck = save_stage(cfg, "pretrain", dict(state=state_dict(model), params=n_params, seconds=seconds,
                                           first_loss=sum(losses[:20]) / len(losses[:20]),
                                           last_loss=sum(losses[-50:]) / len(losses[-50:])))
-    vq.cpu()
     return model, ck
 
 
@@ -113,14 +111,12 @@ def generate(cfg, model, vq, prompts, dev, seed, mode="confidence"):
     """Sample images for a list of prompts in batches (CPU tensor (B, 3, H, W))."""
     model.eval()
     g = torch.Generator(dev).manual_seed(seed)
-    vq_dev = vq.to(dev)
     out = []
     for i in tqdm(range(0, len(prompts), cfg.eval_batch), desc="sample", leave=False):
         ids = encode_prompts(prompts[i:i + cfg.eval_batch]).to(dev)
         tok = sample(model, ids, cfg.sample_steps, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature,
                      mode=mode, generator=g)
-        out.append(vq_dev.decode(tok).cpu())
-    vq.cpu()
+        out.append(vq.decode(tok).cpu())
     return torch.cat(out)
 
 
@@ -148,15 +144,17 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
                                       rewards=r, failures=failures, n=len(prompts)))
 
 
-def rl_update(cfg, model, ref, opt, vq_dev, g_prompts, g, steps, tokens, routing):
-    """One focus.rl_step on fresh grammar prompts; the reward is the verifier on decoded images."""
+def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
+    """One focus.rl_step on fresh grammar prompts; the reward is the verifier on decoded images.
+    (The codebook stays on the CPU: VQCodebook.encode/decode bring its codes to the tokens' device.)"""
     prompts = world.sample_prompts(cfg.rl_prompts, g_prompts)
     flat_prompts = [p for p in prompts for _ in range(cfg.group_size)]
-    score = lambda tok: rewards.reward(vq_dev.decode(tok).cpu(), flat_prompts)
-    return focus.rl_step(model, ref, opt, encode_prompts(prompts).to(vq_dev.codes.device), score, cfg.group_size,
+    score = lambda tok: rewards.reward(vq.decode(tok).cpu(), flat_prompts)
+    dev = next(model.parameters()).device
+    return focus.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size,
                          dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
                               choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
-                         steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq_dev.codes,
+                         steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq.codes,
                          per_sample=cfg.rl_per_sample,
                          estimator=cfg.rl_estimator, mu=cfg.rl_mu, clip_eps=cfg.clip_eps, beta=cfg.beta, generator=g)
 
@@ -173,17 +171,15 @@ def stage_rl(cfg, model, vq, dev):
         model.load_state_dict(ck["state"])
         return model, ck
     ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 4)
-    vq_dev = vq.to(dev)
     log, t0 = [], time.time()
     bar = tqdm(range(cfg.rl_updates), desc="rl")
     for u in bar:
-        s = rl_update(cfg, model, ref, opt, vq_dev, g_prompts, g, cfg.rl_steps, cfg.rl_tokens, cfg.rl_routing)
+        s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, cfg.rl_steps, cfg.rl_tokens, cfg.rl_routing)
         s = dict(update=u, seconds=round(time.time() - t0, 1), **s)
         log.append(s)
         log_metrics(cfg, stage="rl", **s)
         recent = log[-10:]
         bar.set_postfix(reward=f"{sum(x['reward'] for x in recent) / len(recent):.3f}", kl=f"{s['kl']:.4f}")
-    vq.cpu()
     report.draw_curves({"rollout reward": [(x["update"], x["reward"]) for x in log]},
                        os.path.join(cfg.out, "rl_reward.png"), "rollout reward per update", smooth=10)
     return model, save_stage(cfg, "rl", dict(state=state_dict(model), log=log, seconds=time.time() - t0))
@@ -238,7 +234,6 @@ def stage_compare(cfg, vq, data, dev):
     acc = lambda m: (rewards.reward(generate(cfg, m, vq, prompts, dev, cfg.seed + 100), prompts) >= 1).float().mean().item()
     model.load_state_dict(pre_state)
     acc0 = acc(model)
-    vq_dev = vq.to(dev)
     variants = pick_variants(cfg.compare_variants)
     if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
         raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. --compare-variants 0,1,2,3")
@@ -251,7 +246,7 @@ def stage_compare(cfg, vq, data, dev):
             curve, seconds, fwd, score_fwd = [(0, acc0)], 0.0, 0, 0
             for u in tqdm(range(n_up), desc=f"{name} (seed {seed})", leave=False):
                 t0 = time.time()
-                s = rl_update(cfg, model, ref, opt, vq_dev, g_prompts, g, steps, tokens, routing)
+                s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing)
                 seconds += time.time() - t0
                 fwd, score_fwd = fwd + s["rollout_fwd"] + s["score_fwd"], score_fwd + s["score_fwd"]
                 if u + 1 in marks:
@@ -261,7 +256,6 @@ def stage_compare(cfg, vq, data, dev):
             save_atomic(dict(runs=runs, config=want), partial)
             log_metrics(cfg, stage="compare", **runs[-1])
             print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
-    vq.cpu()
     series = {}
     for name, *_ in variants:
         rs = [r["curve"] for r in runs if r["variant"] == name]
@@ -312,10 +306,9 @@ def stage_shortcut(cfg, model, vq, data, dev):
     base_flops = shortcut.flops(lambda: model(x, p))
     sc_flops = shortcut.flops(lambda: net(f, f, x == 0, torch.ones(2, device=dev)))
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
-    vq_dev = vq.to(dev)
 
     def score(tokens):
-        images = vq_dev.decode(tokens).cpu()
+        images = vq.decode(tokens).cpu()
         return (rewards.reward(images, prompts) >= 1).float().mean().item(), rewards.quality(images, ref)
 
     budgets = sorted({max(2, T // 4), T // 3, T // 2})
@@ -324,7 +317,6 @@ def stage_shortcut(cfg, model, vq, data, dev):
     table = shortcut.speed_table(model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
                                  dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
                                       choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
-    vq.cpu()
     for r in table:
         log_metrics(cfg, stage="shortcut", **r)
     return save_stage(cfg, "shortcut", dict(
