@@ -66,6 +66,7 @@ class Config:
     rl_per_sample: bool = False  # focus: each sample's own k critical steps instead of the batch's
     clip_eps: float = 0.2
     beta: float = 0.01
+    rl_eval_every: int = 25  # held-out accuracy (compare_eval_prompts, 1 sample each) every this many updates; 0: off
     # the focus comparison (python train.py --compare): every variant from the pretrained weights
     compare: bool = False
     compare_seeds: int = 3
@@ -84,7 +85,7 @@ class Config:
 PRESETS = {
     "tiny": dict(image_size=32, fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
                  batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16,
-                 rl_updates=3, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2, compare_eval_prompts=8,
+                 rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2, compare_eval_prompts=8,
                  sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
     "cpu": dict(),  # the Config defaults
     # not yet run on a GPU: the same 4x4 board of token-sized objects at 64x64 (16x16 patches), a wider

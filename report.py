@@ -43,8 +43,9 @@ def verdict_captions(prompts, rewards):
     return [f"{p} [{'ok' if r >= 1.0 else 'x'}] {r:.2f}" for p, r in zip(prompts, rewards.tolist())]
 
 
-def draw_curves(series, path, title, w=560, h=280, pad=34, smooth=1):
-    """series: {name: [(x, y), ...]} -> a line plot with a legend. smooth > 1 adds a running mean."""
+def draw_curves(series, path, title, w=560, h=280, pad=34, smooth=None):
+    """series: {name: [(x, y), ...]} -> a line plot with a legend. smooth {name: n}: that series is drawn
+    raw in grey under its running mean over n points."""
     from PIL import Image, ImageDraw
     im = Image.new("RGB", (w, h + 14 * len(series)), "white")
     d = ImageDraw.Draw(im)
@@ -56,10 +57,10 @@ def draw_curves(series, path, title, w=560, h=280, pad=34, smooth=1):
                        h - pad - (h - 2 * pad) * (y - y_lo) / (y_hi - y_lo))
     for k, (name, s) in enumerate(series.items()):
         color = COLORS[k % len(COLORS)]
-        if smooth > 1:
+        n = (smooth or {}).get(name, 1)
+        if n > 1:
             d.line([xy(*p) for p in s], fill=(190, 190, 190), width=1)
-            ys = [sum(q[1] for q in s[max(0, i - smooth + 1):i + 1]) / len(s[max(0, i - smooth + 1):i + 1])
-                  for i in range(len(s))]
+            ys = [sum(q[1] for q in s[max(0, i - n + 1):i + 1]) / len(s[max(0, i - n + 1):i + 1]) for i in range(len(s))]
             s = [(p[0], y) for p, y in zip(s, ys)]
         if len(s) > 1:
             d.line([xy(*p) for p in s], fill=color, width=2)
@@ -147,6 +148,9 @@ def write_report(cfg, dev, vq_mse, res):
                   f"`{cfg.rl_tokens}`, routing `{cfg.rl_routing}`, mu={cfg.rl_mu}, lr {cfg.rl_lr}, beta {cfg.beta}: "
                   f"{rl['seconds']:.0f}s. Reward curve: `rl_reward.png`; before/after samples "
                   f"(same prompts and seeds): `samples_pretrain.png`, `samples_rl.png`."]
+        if rl.get("curve"):
+            lines += ["", f"Held-out accuracy during RL ({cfg.compare_eval_prompts} prompts of the evaluation set, one "
+                      "sample each; also in `rl_reward.png`): " + ", ".join(f"{u}: {a:.1%}" for u, a in rl["curve"])]
     evals = [res[k] for k in ("eval_pretrain", "eval_rl") if k in res and "failures" in res[k]]
     if evals:  # (evaluations made before failure_modes existed have no 'failures')
         lines += ["", "## Why samples fail (rewards.failure_modes)", "",

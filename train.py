@@ -165,24 +165,41 @@ def rl_setup(cfg, model, dev, seed):
     return ref, opt, torch.Generator().manual_seed(seed), torch.Generator(dev).manual_seed(seed + 1)
 
 
-def stage_rl(cfg, model, vq, dev):
-    """GRPO from the pretrained weights against a frozen copy of them (the KL reference)."""
+def held_out_accuracy(cfg, model, vq, prompts, dev):
+    """Accuracy of one sample per prompt (the evaluation's sampler and seed): RL's curves."""
+    return (rewards.reward(generate(cfg, model, vq, prompts, dev, cfg.seed + 100), prompts) >= 1).float().mean().item()
+
+
+def stage_rl(cfg, model, vq, data, dev):
+    """GRPO from the pretrained weights against a frozen copy of them (the KL reference).
+    Every rl_eval_every updates, held-out accuracy on compare_eval_prompts prompts (its own generator:
+    the RL result is the same with or without it)."""
     if (ck := load_stage(cfg, "rl")) is not None:
         model.load_state_dict(ck["state"])
         return model, ck
     ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 4)
-    log, t0 = [], time.time()
+    held, _ = eval_subset(cfg, data, cfg.compare_eval_prompts)
+    curve = [(0, held_out_accuracy(cfg, model, vq, held, dev))] if cfg.rl_eval_every else []
+    log, t0, eval_seconds = [], time.time(), 0.0
     bar = tqdm(range(cfg.rl_updates), desc="rl")
     for u in bar:
         s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, cfg.rl_steps, cfg.rl_tokens, cfg.rl_routing)
-        s = dict(update=u, seconds=round(time.time() - t0, 1), **s)
+        s = dict(update=u, seconds=round(time.time() - t0 - eval_seconds, 1), **s)
+        if cfg.rl_eval_every and ((u + 1) % cfg.rl_eval_every == 0 or u + 1 == cfg.rl_updates):
+            t1 = time.time()
+            curve.append((u + 1, held_out_accuracy(cfg, model, vq, held, dev)))
+            s["held_out_accuracy"], eval_seconds = curve[-1][1], eval_seconds + time.time() - t1
         log.append(s)
         log_metrics(cfg, stage="rl", **s)
         recent = log[-10:]
         bar.set_postfix(reward=f"{sum(x['reward'] for x in recent) / len(recent):.3f}", kl=f"{s['kl']:.4f}")
-    report.draw_curves({"rollout reward": [(x["update"], x["reward"]) for x in log]},
-                       os.path.join(cfg.out, "rl_reward.png"), "rollout reward per update", smooth=10)
-    return model, save_stage(cfg, "rl", dict(state=state_dict(model), log=log, seconds=time.time() - t0))
+    series = {"rollout reward": [(x["update"], x["reward"]) for x in log]}
+    if curve:
+        series[f"held-out accuracy ({len(held)} prompts)"] = curve
+    report.draw_curves(series, os.path.join(cfg.out, "rl_reward.png"), "RL: rollout reward per update",
+                       smooth={"rollout reward": 10})
+    return model, save_stage(cfg, "rl", dict(state=state_dict(model), log=log, curve=curve,
+                                             seconds=time.time() - t0 - eval_seconds))
 
 
 VARIANTS = [  # name, steps, tokens, routing (focus.rl_step's three switches)
@@ -231,7 +248,7 @@ def stage_compare(cfg, vq, data, dev):
     marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
     prompts, _ = eval_subset(cfg, data, cfg.compare_eval_prompts)
     model = MaskedTransformer(model_config(cfg)).to(dev)
-    acc = lambda m: (rewards.reward(generate(cfg, m, vq, prompts, dev, cfg.seed + 100), prompts) >= 1).float().mean().item()
+    acc = lambda m: held_out_accuracy(cfg, m, vq, prompts, dev)
     model.load_state_dict(pre_state)
     acc0 = acc(model)
     variants = pick_variants(cfg.compare_variants)
@@ -342,7 +359,7 @@ def main(argv=None):
     res = dict(cfg=cfg, pretrain=pre, eval_pretrain=stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev))
     write_trajectory_gif(cfg, model, vq, dev)
     if cfg.rl_updates > 0:
-        model, res["rl"] = stage_rl(cfg, model, vq, dev)
+        model, res["rl"] = stage_rl(cfg, model, vq, data, dev)
         res["eval_rl"] = stage_evaluate(cfg, "eval_rl", model, vq, data, dev)
     if cfg.sc_iters > 0:
         res["shortcut"] = stage_shortcut(cfg, model, vq, data, dev)

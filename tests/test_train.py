@@ -157,3 +157,16 @@ def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
     assert runs[0] == kept[0] and [r["variant"] for r in runs] == ["random k", "focus k"]
     assert [r["curve"] for r in runs] == [r["curve"] for r in whole]  # the same numbers as without the crash
     assert not os.path.exists(os.path.join(out, "compare.partial.pt"))
+
+
+def test_rl_held_out_curve_leaves_the_rl_result_unchanged(tmp_path):
+    """rl_eval_every samples with its own generator: the weights after RL are the same with or without it."""
+    res = {}
+    for every in (0, 1):
+        res[every] = train.main(["--preset", "tiny", "--out", str(tmp_path / f"e{every}"), "--sc-iters", "0",
+                                 "--rl-eval-every", str(every)])["rl"]
+    assert res[0]["curve"] == [] and [u for u, _ in res[1]["curve"]] == [0, 1, 2, 3]
+    assert all(0 <= a <= 1 for _, a in res[1]["curve"])
+    for k, v in res[0]["state"].items():
+        assert torch.equal(v, res[1]["state"][k]), k
+    assert [x["reward"] for x in res[0]["log"]] == [x["reward"] for x in res[1]["log"]]
