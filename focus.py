@@ -76,6 +76,19 @@ def critical_steps(gain, k):
     return top.tolist() if gain.ndim == 1 else top
 
 
+def first_commit(traj, is_object):
+    """The first committed position whose final token is an object: (step (B,), position (B,)), -1 where none.
+    is_object (K,) bool over the codebook. On the toy board this is the sample's first real decision
+    (README: binding and relation errors are made there)."""
+    hit = traj.committed & is_object.to(traj.final.device)[traj.final][None]  # (T, B, N)
+    T, B, N = hit.shape
+    flat = hit.permute(1, 0, 2).reshape(B, T * N)  # step-major: the first True is the earliest step
+    first = flat.float().argmax(1)
+    found = flat.any(1)
+    none = torch.full_like(first, -1)
+    return torch.where(found, first // N, none), torch.where(found, first % N, none)
+
+
 # ----------------------------------------------------------------------------------
 # Entropy routing (MaskFocus)
 
@@ -201,6 +214,7 @@ if __name__ == "__main__":
 
     import config
     import report
+    import rewards
     import world
     from model import encode_prompts
     from sample import sample
@@ -221,14 +235,34 @@ if __name__ == "__main__":
         model.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), weights_only=False)["state"])
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
     picked, picked_each, gains, sims = collections.Counter(), collections.Counter(), [], []
+    # what each code draws alone on a blank board: (colour, shape), or None (the background, fragments)
+    K, N = vq.codes.shape[0], model.cfg.n_tokens
+    boards = torch.full((K, N), int(vq.codes.pow(2).sum(1).argmin()))  # the black code everywhere
+    boards[:, math.isqrt(N) + 1] = torch.arange(K)
+    o = rewards.find_objects(vq.decode(boards).cpu())
+    drawn = [[(world.COLOR_NAMES[c], (world.SHAPES + ("blob",))[s]) for i, c, s in
+              zip(o["image"].tolist(), o["color"].tolist(), o["shape"].tolist()) if i == k] for k in range(K)]
+    label = [d[0] if len(d) == 1 and d[0][1] != "blob" else None for d in drawn]
+    first = collections.Counter()  # the first object each sample commits: when, and what it decides
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
-        ids = encode_prompts(world.sample_prompts(args.prompts, g_prompts)).repeat_interleave(args.group, 0)
-        _, traj = sample(model, ids.to(dev), args.steps or cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
-                         cfg.choice_temperature, generator=g, record=True)
+        prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
+        tokens, traj = sample(model, encode_prompts(prompts).to(dev), args.steps or cfg.sample_steps, cfg.cfg_scale,
+                              cfg.temperature, cfg.choice_temperature, generator=g, record=True)
         gains.append(information_gain(traj, vq.codes))
         sims.append(step_similarity(traj, vq.codes).mean(0))
-        picked.update(critical_steps(gains[-1], args.k))
-        picked_each.update(critical_steps(information_gain(traj, vq.codes, per_sample=True), args.k).flatten().tolist())
+        batch_k = critical_steps(gains[-1], args.k)
+        picked.update(batch_k)
+        each = critical_steps(information_gain(traj, vq.codes, per_sample=True), args.k)  # (B, k)
+        picked_each.update(each.flatten().tolist())
+        step, pos = first_commit(traj, torch.tensor([x is not None for x in label]))
+        ok = (rewards.reward(vq.decode(tokens).cpu(), prompts) >= 1).tolist()
+        for b, p in enumerate(prompts):
+            if step[b] < 0:
+                continue
+            named = label[int(tokens[b, pos[b]])] in world.parse_prompt(p)[1]
+            first.update({"n": 1, "in batch k": int(step[b]) in batch_k,
+                          "in own k": int(step[b]) in each[b].tolist(), "wrong first": not named, "failed": not ok[b],
+                          "step": int(step[b])})
     T = len(gains[0])
     masked = (traj.states == model.mask_id).sum(-1)[:, 0].tolist()  # (T,) masked tokens entering each step
     print(f"{args.batches} batches of {args.prompts} prompts x G={args.group}, T={T}, k={args.k}")
@@ -244,6 +278,12 @@ if __name__ == "__main__":
     print(f"critical tokens of the last batch's first sample ({int(crit[0].sum())} of {crit.shape[1]}):")
     for row in crit[0].view(side, side).tolist():
         print("  " + " ".join("#" if c else "." for c in row))
+    n = first["n"]
+    print(f"the first object each sample commits ({n} samples): at step {first['step'] / n:.1f} on average; "
+          f"among the batch's k focus steps in {first['in batch k'] / n:.0%} of samples, among its own in "
+          f"{first['in own k'] / n:.0%}. In {first['wrong first'] / n:.0%} of samples it is an object the prompt does not "
+          f"name, which fails the sample whatever follows: {first['wrong first'] / max(1, first['failed']):.0%} of all "
+          f"{first['failed']} failures are decided by that one commit")
     path = os.path.join(args.ckpt, "focus_demo.png")
     report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), step_similarity(traj, vq.codes)[0],
                             critical_steps(information_gain(traj, vq.codes, per_sample=True)[0], args.k), path)

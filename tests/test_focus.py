@@ -38,6 +38,15 @@ def test_critical_step_is_the_jump():
     assert per.tolist() == [[1], [0], [1]]
 
 
+def test_first_commit_by_hand():
+    traj = hand_trajectory(T=6, B=3, N=16, K=10)  # position n committed at step n*6//16
+    traj.final[:] = 0  # background everywhere...
+    traj.final[0, 9] = traj.final[0, 5] = 7  # ...sample 0: objects at 9 (step 3) and 5 (step 1)
+    traj.final[1, 15] = 8  # sample 1: one object, committed at the last step; sample 2: none
+    step, pos = focus.first_commit(traj, torch.arange(10) >= 5)
+    assert step.tolist() == [1, 5, -1] and pos.tolist() == [5, 15, -1]
+
+
 def test_critical_tokens_count_disjoint_and_earliest():
     traj = hand_trajectory(T=6, B=4, N=16)
     for frac in (0.3, 0.5):
