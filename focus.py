@@ -243,6 +243,7 @@ if __name__ == "__main__":
     drawn = [[(world.COLOR_NAMES[c], (world.SHAPES + ("blob",))[s]) for i, c, s in
               zip(o["image"].tolist(), o["color"].tolist(), o["shape"].tolist()) if i == k] for k in range(K)]
     label = [d[0] if len(d) == 1 and d[0][1] != "blob" else None for d in drawn]
+    is_object = torch.tensor([x is not None for x in label])
     first = collections.Counter()  # the first object each sample commits: when, and what it decides
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
@@ -254,7 +255,7 @@ if __name__ == "__main__":
         picked.update(batch_k)
         each = critical_steps(information_gain(traj, vq.codes, per_sample=True), args.k)  # (B, k)
         picked_each.update(each.flatten().tolist())
-        step, pos = first_commit(traj, torch.tensor([x is not None for x in label]))
+        step, pos = first_commit(traj, is_object)
         ok = (rewards.reward(vq.decode(tokens).cpu(), prompts) >= 1).tolist()
         for b, p in enumerate(prompts):
             if step[b] < 0:
