@@ -79,6 +79,7 @@ class Config:
     sc_batch: int = 64
     sc_lr: float = 1e-3
     sc_width: int = 0  # 0: d_model / 2
+    sc_unroll: int = 1  # training chains up to this many shortcut steps (1: the paper's one-step target)
     sc_bench_batch: int = 64  # latency is measured at this batch size
 
 
@@ -111,7 +112,7 @@ STAGE_FIELDS = {
     "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_steps", "rl_k",
            "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "clip_eps", "beta"],
     "eval_rl": [],
-    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_bench_batch"],
+    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_bench_batch"],
 }
 
 
@@ -160,6 +161,8 @@ def parse_config(argv=None, description=None):
     n_tokens = (cfg.image_size // cfg.patch) ** 2
     if not 1 <= cfg.sample_steps <= n_tokens:  # checked now, not after minutes of pretraining
         ap.error(f"--sample-steps must be between 1 and the {n_tokens} image tokens, got {cfg.sample_steps}")
+    if cfg.sc_unroll < 1:
+        ap.error(f"--sc-unroll must be at least 1, got {cfg.sc_unroll}")
     if not 1 <= cfg.rl_k <= cfg.sample_steps:
         ap.error(f"--rl-k must be between 1 and --sample-steps {cfg.sample_steps}, got {cfg.rl_k}")
     if cfg.group_size < 2:

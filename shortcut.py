@@ -179,35 +179,56 @@ def split_rows(data, val_frac=0.1):
     return (~val).nonzero()[:, 0], val.nonzero()[:, 0]
 
 
-def transition_loss(shortcut, model, data, t, rows):
-    """MSE of one predicted step t-1 -> t on the positions still masked at step t (and the cache's MSE)."""
-    prev, target = data["feats"][t - 1, rows].float(), data["feats"][t, rows].float()
-    state, new = data["states"][t, rows], data["committed"][t - 1, rows]
-    masked = (state == model.mask_id)[..., None].float()  # (b, N, 1)
-    pred = shortcut(prev, model.embed_tokens(state), new, masked[..., 0].mean(1))
-    n = masked.sum().clamp(min=1) * prev.shape[-1]
-    return (((pred - target) ** 2) * masked).sum() / n, (((prev - target) ** 2) * masked).sum() / n
+def chain(shortcut, model, data, t, d, rows):
+    """Shortcut steps t -> t+1 -> ... -> t+d from the true base features at step t, each step fed its own
+    previous prediction and the true committed tokens. Yields (step s, predicted features (b, N, D))."""
+    pred = data["feats"][t, rows].float()
+    for s in range(t + 1, t + d + 1):
+        state = data["states"][s, rows]
+        pred = shortcut(pred, model.embed_tokens(state), data["committed"][s - 1, rows],
+                        (state == model.mask_id).float().mean(1))
+        yield s, pred
 
 
-def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_frac=0.1, generator=None):
-    """AdamW on random (trajectory, step) transitions; returns a log with train and validation MSE."""
+def masked_mse(pred, data, s, rows, mask_id):
+    """MSE to the base features of step s on the positions still masked at step s."""
+    target = data["feats"][s, rows].float()
+    m = (data["states"][s, rows] == mask_id)[..., None].float()  # (b, N, 1)
+    return (((pred - target) ** 2) * m).sum() / (m.sum().clamp(min=1) * target.shape[-1])
+
+
+def chain_loss(shortcut, model, data, t, d, rows):
+    """Mean over the d steps of chain(...) of the masked MSE, and the cache's (step t's features reused)."""
+    feats = data["feats"][t, rows].float()
+    loss = cache = 0.0
+    for s, pred in chain(shortcut, model, data, t, d, rows):
+        loss = loss + masked_mse(pred, data, s, rows, model.mask_id) / d
+        cache = cache + masked_mse(feats, data, s, rows, model.mask_id) / d
+    return loss, cache
+
+
+def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_frac=0.1, generator=None, unroll=1):
+    """AdamW on random (trajectory, step) transitions; returns a log with train and validation MSE (one step
+    ahead). unroll > 1: each example chains up to that many shortcut steps from a true base step (the way the
+    sampler uses it between base calls) and the loss averages them; unroll=1 is the paper's one-step target."""
     T = data["feats"].shape[0]
     tr, val = split_rows(data, val_frac)  # held-out trajectories
     opt = torch.optim.AdamW(shortcut.parameters(), lr=lr, weight_decay=0.0)
     model.requires_grad_(False)
     log, bar = [], tqdm(range(iters), desc="shortcut")
     for it in bar:
-        t = int(torch.randint(1, T, (1,), generator=generator))
+        t = int(torch.randint(0, T - 1, (1,), generator=generator))  # the true step the chain starts from
+        d = min(unroll, T - 1 - t)
         rows = tr[torch.randint(len(tr), (batch,), generator=generator).to(tr.device)]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (it + 1) / 50) * 0.5 * (1 + math.cos(math.pi * it / iters))
-        loss, cache = transition_loss(shortcut, model, data, t, rows)
+        loss, _ = chain_loss(shortcut, model, data, t, d, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if it % 50 == 0 or it == iters - 1:
             with torch.no_grad():
-                v = [transition_loss(shortcut, model, data, s, val) for s in range(1, T)]
+                v = [chain_loss(shortcut, model, data, s, 1, val) for s in range(T - 1)]
             log.append(dict(iter=it, train=loss.item(), val=sum(a.item() for a, _ in v) / len(v),
                             val_cache=sum(b.item() for _, b in v) / len(v)))
             bar.set_postfix(val=f"{log[-1]['val']:.3g}", cache=f"{log[-1]['val_cache']:.3g}")
@@ -223,18 +244,14 @@ def step_distance_mse(shortcut, model, data, rows, max_d=4):
     for d in range(1, max_d + 1):
         sc = cache = n = 0.0
         for t in range(T - d):
-            feats = data["feats"][t, rows].float()
-            pred = feats
-            for s in range(t + 1, t + d + 1):
-                state = data["states"][s, rows]
-                pred = shortcut(pred, model.embed_tokens(state), data["committed"][s - 1, rows],
-                                (state == model.mask_id).float().mean(1))
-            target = data["feats"][t + d, rows].float()
-            m = (data["states"][t + d, rows] == model.mask_id)[..., None].float()
+            *_, (s, pred) = chain(shortcut, model, data, t, d, rows)
+            target = data["feats"][s, rows].float()
+            m = (data["states"][s, rows] == model.mask_id)[..., None].float()  # (b, N, 1)
             sc += (((pred - target) ** 2) * m).sum().item()
-            cache += (((feats - target) ** 2) * m).sum().item()
+            cache += (((data["feats"][t, rows].float() - target) ** 2) * m).sum().item()
             n += m.sum().item() * target.shape[-1]
-        out[d] = (sc / max(n, 1), cache / max(n, 1))
+        sc, cache = sc / max(n, 1), cache / max(n, 1)
+        out[d] = (sc, cache)
     return out
 
 

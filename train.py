@@ -310,7 +310,8 @@ def stage_shortcut(cfg, model, vq, data, dev):
     ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)).to(dev)
     traj = shortcut.collect(model, ids, T, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature, g, cfg.eval_batch)
     net = shortcut.Shortcut(D, cfg.sc_width or D // 2).to(dev)
-    log = shortcut.train_shortcut(net, model, traj, cfg.sc_iters, cfg.sc_batch, cfg.sc_lr, generator=g_cpu)
+    log = shortcut.train_shortcut(net, model, traj, cfg.sc_iters, cfg.sc_batch, cfg.sc_lr,
+                                   generator=g_cpu, unroll=cfg.sc_unroll)
     net.eval()
     _, val_rows = shortcut.split_rows(traj)  # the validation trajectories
     with autocast(dev):

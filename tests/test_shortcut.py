@@ -63,3 +63,29 @@ def test_a_few_training_steps_lower_the_feature_mse():
     rows = val
     dist = sc.step_distance_mse(net, model, data, rows, max_d=2)
     assert set(dist) == {1, 2} and all(s > 0 and c > 0 for s, c in dist.values())
+
+
+def test_chained_loss_by_hand_and_unrolled_training():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    data = sc.collect(model, encode_prompts([PROMPTS[i % 3] for i in range(32)]), 6, 0.0, 1.0, 4.5, g, batch=16)
+    rows = torch.arange(8)
+    net = sc.Shortcut(32)
+    loss, cache = sc.chain_loss(net, model, data, 1, 3, rows)
+    assert torch.allclose(loss, cache)  # zero delta: every chained step is the cache
+    # by hand: the mean over steps 2..4 of the MSE to those steps' features on their masked positions
+    want = 0.0
+    for s in (2, 3, 4):
+        m = (data["states"][s, rows] == model.mask_id).float()
+        err = ((data["feats"][1, rows].float() - data["feats"][s, rows].float()) ** 2).sum(-1)
+        want += (err * m).sum() / (m.sum() * 32) / 3
+    assert torch.allclose(cache, want, rtol=1e-5)
+    with torch.no_grad():
+        net.out.bias.fill_(0.1)  # a non-zero delta: the chain feeds each prediction into the next step
+    steps = list(sc.chain(net, model, data, 1, 3, rows))
+    assert [s for s, _ in steps] == [2, 3, 4]
+    assert torch.allclose(steps[-1][1], data["feats"][1, rows].float() + 0.3, atol=1e-5)
+    net = sc.Shortcut(32)
+    sc.train_shortcut(net, model, data, iters=60, batch=32, lr=3e-3, val_frac=0.25, generator=g, unroll=3)
+    d3_sc, d3_cache = sc.step_distance_mse(net, model, data, rows, max_d=3)[3]  # rows 0-7: held out
+    assert d3_sc < 0.8 * d3_cache
