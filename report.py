@@ -175,7 +175,8 @@ def write_report(cfg, dev, vq_mse, res):
         lines += [f"| {d} | {a:.3g} | {b:.3g} |" for d, (a, b) in sc["distance"].items()]
         bench_dev = sc.get("device", str(dev))  # where the latencies were measured
         lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{bench_dev}` "
-                  f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up); accuracy and quality "
+                  f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 5 rounds "
+                  f"that time every row in turn); accuracy and quality "
                   f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",
                   "| sampler | steps | base calls | ms / image | speed-up | accuracy | quality FD |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -8,13 +8,16 @@ sampling step to the next, so most steps can skip the base model.
                         pre-LN with adaLN from a sinusoidal embedding of the mask ratio, at a
                         bottleneck width (D/2); output prev + delta (delta starts at zero)
   collect               trajectories of the frozen base model, features of both CFG branches
-  train_shortcut        MSE on the still-masked positions, validation split, tqdm
+  train_shortcut        MSE on the still-masked positions, validation split, tqdm; unroll > 1 chains
+                        several shortcut steps per example (not in the paper; README: it lowers the
+                        MSE, not the error rate)
   budget_steps          which steps call the base model: 0 and round(N k / B), k = 1..B-1
   sample_with_shortcut  base calls on those steps, shortcut (or the feature cache) in between;
                         the base head turns features into logits; sample.sample_step does the rest,
                         so sampling rule and generator use are exactly sample.sample's
   step_distance_mse     held-out feature error of chained shortcut steps vs the cache, per distance
-  speed_table           latency per image, speed-up, accuracy and quality for vanilla / cache / shortcut
+  speed_table           latency per image (rows timed in interleaved rounds, median), speed-up,
+                        accuracy and quality for vanilla / cache / shortcut
 
 Simplified versus the paper: one block (as the paper), trained only on trajectories with the step
 count it is used at (train.py's sample_steps); the CFG branches share one shortcut (each propagates
@@ -24,6 +27,7 @@ base model.
 
 import argparse
 import math
+import statistics
 import time
 
 import torch
@@ -259,34 +263,42 @@ def step_distance_mse(shortcut, model, data, rows, max_d=4):
 # Speed and quality table
 
 
-def time_sampler(fn, device, repeats=3):
-    """Seconds per call of fn() after one warm-up: CUDA events on a GPU, the wall clock elsewhere."""
-    fn()
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(repeats):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000 / repeats
-    t0 = time.perf_counter()
-    for _ in range(repeats):
+def time_interleaved(fns, device, rounds=5):
+    """Median seconds per call of each fn() in fns: one warm-up call each, then `rounds` rounds that call
+    every fn once in turn (so a slow spell of the machine hits every row alike; the median drops spikes).
+    CUDA events on a GPU, the wall clock elsewhere."""
+    for fn in fns:
         fn()
-    return (time.perf_counter() - t0) / repeats
+    times = [[] for _ in fns]
+    for _ in tqdm(range(rounds), desc="timing", leave=False):
+        for fn, ts in zip(fns, times):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                ts.append(start.elapsed_time(end) / 1000)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):
     """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut. score(tokens) -> (accuracy,
-    quality). Latency per image at batch bench_batch; accuracy/quality on all of prompt_ids. -> rows."""
+    quality). Latency per image at batch bench_batch (time_interleaved); accuracy/quality on all of
+    prompt_ids. -> rows."""
     dev = prompt_ids.device
+    runs = [lambda ids, g, kind=kind, steps=steps, budget=budget: sample_with_shortcut(
+        model, shortcut, ids, steps, budget, generator=g, cache=kind == "cache", **sample_kwargs)
+        for kind, steps, budget in configs]
+    bench_ids = prompt_ids[:bench_batch]
+    secs = time_interleaved([lambda run=run: run(bench_ids, torch.Generator(dev).manual_seed(seed)) for run in runs], dev)
     rows = []
-    for kind, steps, budget in tqdm(configs, desc="speed table", leave=False):
-        run = lambda ids, g: sample_with_shortcut(model, shortcut, ids, steps, budget, generator=g,
-                                                  cache=kind == "cache", **sample_kwargs)
-        bench_ids = prompt_ids[:bench_batch]
-        sec = time_sampler(lambda: run(bench_ids, torch.Generator(dev).manual_seed(seed)), dev)
+    for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
         g = torch.Generator(dev).manual_seed(seed)
         tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
         acc, qual = score(tokens)
