@@ -123,6 +123,16 @@ def compare_table(ck):
     return lines
 
 
+def speed_table_lines(table):
+    """The shortcut stage's rows as markdown (per-category columns when the rows have them)."""
+    cats = [c for c in world.CATEGORIES if c in table[0]]
+    head = "| sampler | steps | base calls | ms / image | speed-up | accuracy | " + "".join(f"{c} | " for c in cats)
+    lines = [head + "quality FD |", "| --- " * (7 + len(cats)) + "|"]
+    return lines + [f"| {r['kind']} | {r['steps']} | {r['budget']} | {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
+                    f"| {r['accuracy']:.1%} | " + "".join(f"{r[c]:.1%} | " for c in cats) + f"{r['quality']:.3f} |"
+                    for r in table]
+
+
 def write_report(cfg, dev, vq_mse, res):
     pre = res["pretrain"]
     lines = [
@@ -178,10 +188,7 @@ def write_report(cfg, dev, vq_mse, res):
                   f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 5 rounds "
                   f"that time every row in turn); accuracy and quality "
                   f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",
-                  "| sampler | steps | base calls | ms / image | speed-up | accuracy | quality FD |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {r['kind']} | {r['steps']} | {r['budget']} | {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
-                  f"| {r['accuracy']:.1%} | {r['quality']:.3f} |" for r in sc["table"]]
+                  *speed_table_lines(sc["table"])]
     with open(os.path.join(cfg.out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

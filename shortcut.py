@@ -288,8 +288,8 @@ def time_interleaved(fns, device, rounds=5):
 
 
 def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):
-    """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut. score(tokens) -> (accuracy,
-    quality). Latency per image at batch bench_batch (time_interleaved); accuracy/quality on all of
+    """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut. score(tokens) -> a dict of
+    metrics (train.py: accuracy, per category, quality) that joins the row. Latency per image at batch bench_batch (time_interleaved); accuracy/quality on all of
     prompt_ids. -> rows."""
     dev = prompt_ids.device
     runs = [lambda ids, g, kind=kind, steps=steps, budget=budget: sample_with_shortcut(
@@ -301,9 +301,8 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
     for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
         g = torch.Generator(dev).manual_seed(seed)
         tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
-        acc, qual = score(tokens)
         rows.append(dict(kind=kind, steps=steps, budget=budget, ms_per_image=1000 * sec / len(bench_ids),
-                         accuracy=acc, quality=qual))
+                         **score(tokens)))
     ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
     for r in rows:
         r["speedup"] = ref / r["ms_per_image"]
@@ -315,7 +314,5 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="out")
     args = ap.parse_args()
     ck = torch.load(f"{args.out}/shortcut.pt", map_location="cpu", weights_only=False)
-    print("| sampler | steps | base calls | ms / image | speed-up | accuracy | quality FD |")
-    for r in ck["table"]:
-        print(f"| {r['kind']} | {r['steps']} | {r['budget']} | {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
-              f"| {r['accuracy']:.1%} | {r['quality']:.3f} |")
+    from report import speed_table_lines
+    print("\n".join(speed_table_lines(ck["table"])))

@@ -325,9 +325,10 @@ def stage_shortcut(cfg, model, vq, data, dev):
     sc_flops = shortcut.flops(lambda: net(f, f, x == 0, torch.ones(2, device=dev)))
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
-    def score(tokens):
+    def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality
         images = vq.decode(tokens).cpu()
-        return (rewards.reward(images, prompts) >= 1).float().mean().item(), rewards.quality(images, ref)
+        acc = rewards.accuracy_report(rewards.reward(images, prompts), prompts)
+        return dict(accuracy=acc.pop("overall"), **acc, quality=rewards.quality(images, ref))
 
     budgets = sorted({max(2, T // 4), T // 3, T // 2})
     configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]

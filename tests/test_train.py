@@ -54,6 +54,8 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     kinds = [(r["kind"], r["steps"], r["budget"]) for r in res["shortcut"]["table"]]
     assert ("vanilla", 4, 4) in kinds and ("shortcut", 4, 2) in kinds and ("cache", 4, 2) in kinds
     assert res["shortcut"]["table"][kinds.index(("vanilla", 4, 4))]["speedup"] == 1.0
+    for r in res["shortcut"]["table"]:  # per-category accuracy too; the evaluation set is balanced
+        assert abs(r["accuracy"] - sum(r[c] for c in ("single", "two", "counting", "position")) / 4) < 1e-6
     for ev in (res["eval_pretrain"], res["eval_rl"]):  # every sample has exactly one verdict: ok or a reason
         for c, shares in ev["failures"].items():
             assert abs(sum(shares.values()) - 1) < 1e-6 and abs(shares["ok"] - ev["accuracy"][c]) < 1e-6
