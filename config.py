@@ -80,6 +80,7 @@ class Config:
     sc_lr: float = 1e-3
     sc_width: int = 0  # 0: d_model / 2
     sc_unroll: int = 1  # training chains up to this many shortcut steps (1: the paper's one-step target)
+    sc_uncond: str = "cache"  # sampling with CFG: the null-prompt branch keeps its last base features | shortcut (paper)
     sc_bench_batch: int = 64  # latency is measured at this batch size
 
 
@@ -100,7 +101,7 @@ PRESETS = {
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
            "rl_estimator": ["remask", "replay"], "rl_steps": ["all", "random", "focus"],
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
-           "rl_mode": ["stochastic", "confidence"]}
+           "rl_mode": ["stochastic", "confidence"], "sc_uncond": ["cache", "shortcut"]}
 
 # the config fields each stage's result depends on (its own and its inputs')
 STAGE_FIELDS = {
@@ -112,7 +113,8 @@ STAGE_FIELDS = {
     "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_steps", "rl_k",
            "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "clip_eps", "beta"],
     "eval_rl": [],
-    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_bench_batch"],
+    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
+                 "sc_bench_batch"],
 }
 
 

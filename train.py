@@ -318,11 +318,13 @@ def stage_shortcut(cfg, model, vq, data, dev):
         distance = shortcut.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
     train_seconds = time.time() - t0
     del traj
-    # one step's FLOPs, both CFG branches: the base model vs the shortcut
+    # one sampling step's FLOPs for one image: the base model on both CFG branches vs the shortcut on the
+    # branches it moves (with --sc-uncond cache only the conditional one)
     x, p = torch.full((2, N), model.mask_id, device=dev), encode_prompts(["a red circle"] * 2).to(dev)
-    f = torch.zeros(2, N, D, device=dev)
+    n = 1 if cfg.sc_uncond == "cache" else 2
+    f = torch.zeros(n, N, D, device=dev)
     base_flops = shortcut.flops(lambda: model(x, p))
-    sc_flops = shortcut.flops(lambda: net(f, f, x == 0, torch.ones(2, device=dev)))
+    sc_flops = shortcut.flops(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality
@@ -334,7 +336,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
     configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]
                + [("shortcut", T, b) for b in budgets])
     table = shortcut.speed_table(model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
-                                 dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                                 dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, uncond=cfg.sc_uncond,
                                       choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
     for r in table:
         log_metrics(cfg, stage="shortcut", **r)

@@ -103,3 +103,21 @@ def test_time_interleaved_takes_every_row_in_turn_and_the_median(monkeypatch):
     secs = sc.time_interleaved([lambda: fn(0), lambda: fn(1)], torch.device("cpu"), rounds=3)
     assert calls == [0, 1] * 4  # warm-up of each, then rounds that call every row in turn
     assert secs == [2.0, 3.0]  # medians of the timed rounds; the spike (50) and the warm-up (9) drop out
+
+
+def test_uncond_cache_moves_only_the_conditional_branch():
+    model, net = tiny_model(), sc.Shortcut(32)
+    with torch.no_grad():
+        net.out.bias.fill_(0.1)  # a non-zero delta, so a moved branch differs from the cached one
+    ids = encode_prompts(PROMPTS)
+    kw = dict(cfg_scale=2.0, temperature=0.9, choice_temperature=4.5, record=True)
+    _, rec = sc.sample_with_shortcut(model, net, ids, 6, 2, generator=torch.Generator().manual_seed(5),
+                                     uncond="cache", **kw)
+    f = rec["feats"]  # (T, 2B, N, D); base calls at steps 0 and 3
+    assert torch.equal(f[1:3, 3:], f[0:1, 3:].expand(2, -1, -1, -1))  # the null-prompt rows stay put
+    assert torch.allclose(f[2, :3], f[0, :3] + 0.2, atol=1e-5)  # the conditional rows take two shortcut steps
+    assert torch.equal(f[4:, 3:], f[3:4, 3:].expand(2, -1, -1, -1))
+    _, rec = sc.sample_with_shortcut(model, net, ids, 6, 2, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.allclose(rec["feats"][2, 3:], rec["feats"][0, 3:] + 0.2, atol=1e-5)  # the paper's way: both move
+    with pytest.raises(ValueError):
+        sc.sample_with_shortcut(model, net, ids, 6, 2, uncond="skip")
