@@ -80,7 +80,7 @@ class Config:
     sc_lr: float = 1e-3
     sc_width: int = 0  # 0: d_model / 2
     sc_unroll: int = 1  # training chains up to this many shortcut steps (1: the paper's one-step target)
-    sc_uncond: str = "cache"  # sampling with CFG: the null-prompt branch keeps its last base features | shortcut (paper)
+    sc_uncond: str = "cache"  # cache: shortcut steps move only the conditional CFG branch | shortcut: both (paper)
     sc_bench_batch: int = 64  # latency is measured at this batch size
 
 

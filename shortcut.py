@@ -264,8 +264,7 @@ def step_distance_mse(shortcut, model, data, rows, max_d=4):
             sc += (((pred - target) ** 2) * m).sum().item()
             cache += (((data["feats"][t, rows].float() - target) ** 2) * m).sum().item()
             n += m.sum().item() * target.shape[-1]
-        sc, cache = sc / max(n, 1), cache / max(n, 1)
-        out[d] = (sc, cache)
+        out[d] = (sc / max(n, 1), cache / max(n, 1))
     return out
 
 
@@ -299,8 +298,8 @@ def time_interleaved(fns, device, rounds=5):
 
 def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):
     """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut. score(tokens) -> a dict of
-    metrics (train.py: accuracy, per category, quality) that joins the row. Latency per image at batch bench_batch (time_interleaved); accuracy/quality on all of
-    prompt_ids. -> rows."""
+    metrics (train.py: accuracy, per category, quality) that joins the row. Latency per image at batch
+    bench_batch (time_interleaved); the metrics on all of prompt_ids. -> rows."""
     dev = prompt_ids.device
     runs = [lambda ids, g, kind=kind, steps=steps, budget=budget: sample_with_shortcut(
         model, shortcut, ids, steps, budget, generator=g, cache=kind == "cache", **sample_kwargs)
