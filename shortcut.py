@@ -212,13 +212,9 @@ def masked_mse(pred, data, s, rows, mask_id):
 
 
 def chain_loss(shortcut, model, data, t, d, rows):
-    """Mean over the d steps of chain(...) of the masked MSE, and the cache's (step t's features reused)."""
-    feats = data["feats"][t, rows].float()
-    loss = cache = 0.0
-    for s, pred in chain(shortcut, model, data, t, d, rows):
-        loss = loss + masked_mse(pred, data, s, rows, model.mask_id) / d
-        cache = cache + masked_mse(feats, data, s, rows, model.mask_id) / d
-    return loss, cache
+    """Mean over the d steps of chain(...) of the masked MSE."""
+    steps = chain(shortcut, model, data, t, d, rows)
+    return sum(masked_mse(pred, data, s, rows, model.mask_id) for s, pred in steps) / d
 
 
 def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_frac=0.1, generator=None, unroll=1):
@@ -236,15 +232,17 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
         rows = tr[torch.randint(len(tr), (batch,), generator=generator).to(tr.device)]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (it + 1) / 50) * 0.5 * (1 + math.cos(math.pi * it / iters))
-        loss, _ = chain_loss(shortcut, model, data, t, d, rows)
+        loss = chain_loss(shortcut, model, data, t, d, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if it % 50 == 0 or it == iters - 1:
-            with torch.no_grad():
-                v = [chain_loss(shortcut, model, data, s, 1, val) for s in range(T - 1)]
-            log.append(dict(iter=it, train=loss.item(), val=sum(a.item() for a, _ in v) / len(v),
-                            val_cache=sum(b.item() for _, b in v) / len(v)))
+            with torch.no_grad():  # one step ahead, the shortcut vs the cache (step s's features reused)
+                v = [(chain_loss(shortcut, model, data, s, 1, val).item(),
+                      masked_mse(data["feats"][s, val].float(), data, s + 1, val, model.mask_id).item())
+                     for s in range(T - 1)]
+            log.append(dict(iter=it, train=loss.item(), val=sum(a for a, _ in v) / len(v),
+                            val_cache=sum(b for _, b in v) / len(v)))
             bar.set_postfix(val=f"{log[-1]['val']:.3g}", cache=f"{log[-1]['val_cache']:.3g}")
     return log
 
@@ -305,7 +303,8 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
         model, shortcut, ids, steps, budget, generator=g, cache=kind == "cache", **sample_kwargs)
         for kind, steps, budget in configs]
     bench_ids = prompt_ids[:bench_batch]
-    secs = time_interleaved([lambda run=run: run(bench_ids, torch.Generator(dev).manual_seed(seed)) for run in runs], dev)
+    secs = time_interleaved([lambda run=run: run(bench_ids, torch.Generator(dev).manual_seed(seed)) for run in runs],
+                            dev)
     rows = []
     for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
         g = torch.Generator(dev).manual_seed(seed)
