@@ -217,7 +217,7 @@ if __name__ == "__main__":
     import rewards
     import world
     from model import encode_prompts
-    from sample import sample
+    from sample import policy_logits, sample
 
     ap = argparse.ArgumentParser(description="Which steps and tokens focus.py picks, on a train.py checkpoint.")
     ap.add_argument("--ckpt", default="out")
@@ -260,9 +260,12 @@ if __name__ == "__main__":
         for b, p in enumerate(prompts):
             if step[b] < 0:
                 continue
-            named = label[int(tokens[b, pos[b]])] in world.parse_prompt(p)[1]
+            objs, lab = world.parse_prompt(p)[1], label[int(tokens[b, pos[b]])]
+            two = len(set(objs)) == 2  # two different objects (not a count of one)
+            swapped = two and lab not in objs and lab in ((objs[0][0], objs[1][1]), (objs[1][0], objs[0][1]))
             first.update({"n": 1, "in batch k": int(step[b]) in batch_k,
-                          "in own k": int(step[b]) in each[b].tolist(), "wrong first": not named, "failed": not ok[b],
+                          "in own k": int(step[b]) in each[b].tolist(), "wrong first": lab not in objs,
+                          "swapped first": swapped, "two objects": two, "failed": not ok[b],
                           "step": int(step[b])})
     T = len(gains[0])
     masked = (traj.states == model.mask_id).sum(-1)[:, 0].tolist()  # (T,) masked tokens entering each step
@@ -285,6 +288,24 @@ if __name__ == "__main__":
           f"{first['in own k'] / n:.0%}. In {first['wrong first'] / n:.0%} of samples it is an object the prompt does not "
           f"name, which fails the sample whatever follows: {first['wrong first'] / max(1, first['failed']):.0%} of all "
           f"{first['failed']} failures are decided by that one commit")
+    n2 = max(1, first["two objects"])
+    print(f"  of the {first['two objects']} samples whose prompt names two different objects, "
+          f"{first['swapped first'] / n2:.0%} commit first the colour of one with the shape of the other")
+    # binding on the empty board: the guided policy's mass (summed over positions) on the prompt's two objects
+    # vs on their two swaps ("a red circle and a blue square": a blue circle, a red square)
+    pairs = [world.parse_prompt(p)[1] for p in world.sample_prompts(400, torch.Generator().manual_seed(2), ["two"])]
+    pairs = [(a, b) for a, b in pairs if a[0] != b[0] and a[1] != b[1]]  # two colours and two shapes
+    ids = encode_prompts([world.make_prompt("two", ab) for ab in pairs]).to(dev)
+    with torch.no_grad():
+        empty = torch.full((len(pairs), N), model.mask_id, device=dev)
+        mass = (policy_logits(model, empty, ids, cfg.cfg_scale) / cfg.temperature).softmax(-1).sum(1).cpu()  # (P, K)
+    named = torch.tensor([[label[k] in (a, b) for k in range(K)] for a, b in pairs])  # (P, K)
+    swaps = torch.tensor([[label[k] in ((a[0], b[1]), (b[0], a[1])) for k in range(K)] for a, b in pairs])
+    m_named, m_swap = (mass * named).sum(1), (mass * swaps).sum(1)  # (P,)
+    seen = m_named + m_swap > 0  # (a codebook that lacks those objects says nothing about binding)
+    share = (m_swap[seen] / (m_named + m_swap)[seen]).mean()
+    print(f"binding on the empty board ({int(seen.sum())} prompts \"a C1 S1 and a C2 S2\", two colours and two "
+          f"shapes): {share:.1%} of the mass on those four objects goes to the two swaps (0%: perfect binding, 50%: none)")
     path = os.path.join(args.ckpt, "focus_demo.png")
     report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), step_similarity(traj, vq.codes)[0],
                             critical_steps(information_gain(traj, vq.codes, per_sample=True)[0], args.k), path)

@@ -1,4 +1,7 @@
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,6 +9,8 @@ import torch
 import config
 import train
 from model import MaskedTransformer, ModelConfig, encode_prompts, maskgit_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_pretraining_loss_falls():
@@ -78,6 +83,12 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     for f in ["compare.png", "critical_steps.png"]:
         assert os.path.exists(os.path.join(out, f)), f
     assert [v[0] for v in train.pick_variants("1,2")] == ["random k", "focus k"]
+    # focus.py's demo on the finished run: the steps it picks, the first commits and the empty-board binding
+    demo = subprocess.run([sys.executable, "focus.py", "--ckpt", out, "--batches", "1", "--prompts", "2", "--group", "2",
+                           "--k", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert demo.returncode == 0, demo.stderr
+    share = float(re.search(r"binding on the empty board .*?: ([\d.]+)% of the mass", demo.stdout).group(1))
+    assert 0 <= share <= 100 and os.path.exists(os.path.join(out, "focus_demo.png"))
     with pytest.raises(SystemExit, match="indices 0-4"):
         train.pick_variants("1,9")
 
