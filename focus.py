@@ -244,6 +244,7 @@ if __name__ == "__main__":
               zip(o["image"].tolist(), o["color"].tolist(), o["shape"].tolist()) if i == k] for k in range(K)]
     label = [d[0] if len(d) == 1 and d[0][1] != "blob" else None for d in drawn]
     is_object = torch.tensor([x is not None for x in label])
+    swaps_of = lambda a, b: ((a[0], b[1]), (b[0], a[1]))  # "a red circle and a blue square": blue circle, red square
     first = collections.Counter()  # the first object each sample commits: when, and what it decides
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
@@ -262,7 +263,7 @@ if __name__ == "__main__":
                 continue
             objs, lab = world.parse_prompt(p)[1], label[int(tokens[b, pos[b]])]
             two = len(set(objs)) == 2  # two different objects (not a count of one)
-            swapped = two and lab not in objs and lab in ((objs[0][0], objs[1][1]), (objs[1][0], objs[0][1]))
+            swapped = two and lab not in objs and lab in swaps_of(*objs)
             first.update({"n": 1, "in batch k": int(step[b]) in batch_k,
                           "in own k": int(step[b]) in each[b].tolist(), "wrong first": lab not in objs,
                           "swapped first": swapped, "two objects": two, "failed": not ok[b],
@@ -300,7 +301,7 @@ if __name__ == "__main__":
         empty = torch.full((len(pairs), N), model.mask_id, device=dev)
         mass = (policy_logits(model, empty, ids, cfg.cfg_scale) / cfg.temperature).softmax(-1).sum(1).cpu()  # (P, K)
     named = torch.tensor([[label[k] in (a, b) for k in range(K)] for a, b in pairs])  # (P, K)
-    swaps = torch.tensor([[label[k] in ((a[0], b[1]), (b[0], a[1])) for k in range(K)] for a, b in pairs])
+    swaps = torch.tensor([[label[k] in swaps_of(a, b) for k in range(K)] for a, b in pairs])
     m_named, m_swap = (mass * named).sum(1), (mass * swaps).sum(1)  # (P,)
     seen = m_named + m_swap > 0  # (a codebook that lacks those objects says nothing about binding)
     share = (m_swap[seen] / (m_named + m_swap)[seen]).mean()
