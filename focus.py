@@ -213,11 +213,12 @@ if __name__ == "__main__":
     import os
 
     import config
+    import probe
     import report
     import rewards
     import world
     from model import encode_prompts
-    from sample import policy_logits, sample
+    from sample import sample
 
     ap = argparse.ArgumentParser(description="Which steps and tokens focus.py picks, on a train.py checkpoint.")
     ap.add_argument("--ckpt", default="out")
@@ -235,16 +236,9 @@ if __name__ == "__main__":
         model.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), weights_only=False)["state"])
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
     picked, picked_each, gains, sims = collections.Counter(), collections.Counter(), [], []
-    # what each code draws alone on a blank board: (colour, shape), or None (the background, fragments)
     K, N = vq.codes.shape[0], model.cfg.n_tokens
-    boards = torch.full((K, N), int(vq.codes.pow(2).sum(1).argmin()))  # the black code everywhere
-    boards[:, math.isqrt(N) + 1] = torch.arange(K)
-    o = rewards.find_objects(vq.decode(boards).cpu())
-    drawn = [[(world.COLOR_NAMES[c], (world.SHAPES + ("blob",))[s]) for i, c, s in
-              zip(o["image"].tolist(), o["color"].tolist(), o["shape"].tolist()) if i == k] for k in range(K)]
-    label = [d[0] if len(d) == 1 and d[0][1] != "blob" else None for d in drawn]
+    label = probe.object_labels(vq, math.isqrt(N))  # what each code draws alone: (colour, shape) or None
     is_object = torch.tensor([x is not None for x in label])
-    swaps_of = lambda a, b: ((a[0], b[1]), (b[0], a[1]))  # "a red circle and a blue square": blue circle, red square
     first = collections.Counter()  # the first object each sample commits: when, and what it decides
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
@@ -263,7 +257,7 @@ if __name__ == "__main__":
                 continue
             objs, lab = world.parse_prompt(p)[1], label[int(tokens[b, pos[b]])]
             two = len(set(objs)) == 2  # two different objects (not a count of one)
-            swapped = two and lab not in objs and lab in swaps_of(*objs)
+            swapped = two and lab not in objs and lab in probe.swaps_of(*objs)
             first.update({"n": 1, "in batch k": int(step[b]) in batch_k,
                           "in own k": int(step[b]) in each[b].tolist(), "wrong first": lab not in objs,
                           "swapped first": swapped, "two objects": two, "failed": not ok[b],
@@ -292,21 +286,7 @@ if __name__ == "__main__":
     n2 = max(1, first["two objects"])
     print(f"  of the {first['two objects']} samples whose prompt names two different objects, "
           f"{first['swapped first'] / n2:.0%} commit first the colour of one with the shape of the other")
-    # binding on the empty board: the guided policy's mass (summed over positions) on the prompt's two objects
-    # vs on their two swaps ("a red circle and a blue square": a blue circle, a red square)
-    pairs = [world.parse_prompt(p)[1] for p in world.sample_prompts(400, torch.Generator().manual_seed(2), ["two"])]
-    pairs = [(a, b) for a, b in pairs if a[0] != b[0] and a[1] != b[1]]  # two colours and two shapes
-    ids = encode_prompts([world.make_prompt("two", ab) for ab in pairs]).to(dev)
-    with torch.no_grad():
-        empty = torch.full((len(pairs), N), model.mask_id, device=dev)
-        mass = (policy_logits(model, empty, ids, cfg.cfg_scale) / cfg.temperature).softmax(-1).sum(1).cpu()  # (P, K)
-    named = torch.tensor([[label[k] in (a, b) for k in range(K)] for a, b in pairs])  # (P, K)
-    swaps = torch.tensor([[label[k] in swaps_of(a, b) for k in range(K)] for a, b in pairs])
-    m_named, m_swap = (mass * named).sum(1), (mass * swaps).sum(1)  # (P,)
-    seen = m_named + m_swap > 0  # (a codebook that lacks those objects says nothing about binding)
-    share = (m_swap[seen] / (m_named + m_swap)[seen]).mean()
-    print(f"binding on the empty board ({int(seen.sum())} prompts \"a C1 S1 and a C2 S2\", two colours and two "
-          f"shapes): {share:.1%} of the mass on those four objects goes to the two swaps (0%: perfect binding, 50%: none)")
+    print(probe.report(model, cfg, label))  # binding and relations on the empty board (probe.py)
     path = os.path.join(args.ckpt, "focus_demo.png")
     report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), step_similarity(traj, vq.codes)[0],
                             critical_steps(information_gain(traj, vq.codes, per_sample=True)[0], args.k), path)

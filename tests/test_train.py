@@ -83,12 +83,20 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     for f in ["compare.png", "critical_steps.png"]:
         assert os.path.exists(os.path.join(out, f)), f
     assert [v[0] for v in train.pick_variants("1,2")] == ["random k", "focus k"]
-    # focus.py's demo on the finished run: the steps it picks, the first commits and the empty-board binding
+    # focus.py's demo on the finished run: the steps it picks, the first commits, binding and relations
     demo = subprocess.run([sys.executable, "focus.py", "--ckpt", out, "--batches", "1", "--prompts", "2", "--group", "2",
                            "--k", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stderr
     share = float(re.search(r"binding on the empty board .*?: ([\d.]+)% of the mass", demo.stdout).group(1))
     assert 0 <= share <= 100 and os.path.exists(os.path.join(out, "focus_demo.png"))
+    # probe.py: the same binding line, and the relations line, with the measures in range
+    pr = subprocess.run([sys.executable, "probe.py", "--ckpt", out, "--pretrained", "--device", "cpu"], cwd=ROOT,
+                        capture_output=True, text=True)
+    assert pr.returncode == 0, pr.stderr
+    m = re.search(r"relations on the empty board \((\d+) prompts.*?in ([\d.]+)% of prompts.*?placed, ([\d.]+)% of "
+                  r"the second's mass .*?guess: ([\d.]+)%", pr.stdout)
+    assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
+    assert float(m.group(4)) == pytest.approx(100 * 24 / 45, abs=0.05)  # the tiny run's 4x4 board
     with pytest.raises(SystemExit, match="indices 0-4"):
         train.pick_variants("1,9")
 

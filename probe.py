@@ -1,0 +1,159 @@
+"""
+What a generator knows about a prompt's *structure* before it commits anything: binding and relations,
+read off the guided policy on an empty (or nearly empty) board. RL can sharpen what these show; the
+README ("Where RL stops") measured that it does not create it.
+
+On the token-aligned board (grid = patch, both presets) each object is exactly one token, so a code
+*is* an object, and the policy's probabilities on a fully masked board say where the model would put
+which object. A model that reads the prompt as a bag of words scores about 50% on binding and on
+order (an exact tie counts as wrong) and a uniform guess's share on given-the-first:
+
+  binding    "a C1 S1 and a C2 S2" with two colours and two shapes: the share of the policy's mass
+             (summed over cells) on those four objects that goes to the two swaps, C1 S2 and C2 S1.
+             0% is perfect binding.
+  relations  "a C1 S1 REL a C2 S2", every ordered pair of different objects and every relation:
+             order: the share of prompts whose first object's expected row (or column) on the
+             empty board lies on the named side of the second's;
+             given the first: with the first object committed on a cell where the relation can
+             still hold, the share of the second object's mass (over the other cells) on cells where
+             it does hold, beside what a uniform guess puts there.
+
+Simplified: the masses are the one-step policy (CFG and temperature as the run samples, no Gumbel
+choice noise); an object whose code the codebook lacks is skipped; "holds" is the verifier's rule
+(centroids on the named side by at least a cell), not the renderer's (same row, a cell between).
+
+    python probe.py --ckpt out [--pretrained]
+"""
+
+import math
+
+import torch
+
+import rewards
+import world
+from model import encode_prompts
+from sample import policy_logits
+
+
+def object_labels(vq, side):
+    """What each code draws alone on a black board: (colour, shape), or None (background, fragments)."""
+    K, N = vq.codes.shape[0], side * side
+    boards = torch.full((K, N), int(vq.codes.pow(2).sum(1).argmin()), device=vq.codes.device)  # black everywhere
+    boards[:, side + 1] = torch.arange(K, device=boards.device)  # code k on one inner cell
+    o = rewards.find_objects(vq.decode(boards).cpu())
+    drawn = [[(world.COLOR_NAMES[c], (world.SHAPES + ("blob",))[s]) for i, c, s in
+              zip(o["image"].tolist(), o["color"].tolist(), o["shape"].tolist()) if i == k] for k in range(K)]
+    return [d[0] if len(d) == 1 and d[0][1] != "blob" else None for d in drawn]
+
+
+@torch.no_grad()
+def policy_probs(model, states, prompts, cfg, batch=512):
+    """(P, N, K) probabilities of the guided one-step policy for P prompts on states (P, N)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        ids = encode_prompts(prompts[i:i + batch]).to(states.device)
+        logits = policy_logits(model, states[i:i + batch], ids, cfg.cfg_scale) / cfg.temperature
+        out.append(logits.softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def swaps_of(a, b):
+    """'a red circle and a blue square' -> its swaps: a blue circle, a red square."""
+    return (a[0], b[1]), (b[0], a[1])
+
+
+def binding(model, cfg, labels, n=400):
+    """(swap share, prompts used): the empty-board mass on the swaps over the mass on the four objects."""
+    pairs = [world.parse_prompt(p)[1] for p in world.sample_prompts(n, torch.Generator().manual_seed(2), ["two"])]
+    pairs = [(a, b) for a, b in pairs if a[0] != b[0] and a[1] != b[1]]  # two colours and two shapes
+    dev = next(model.parameters()).device
+    empty = torch.full((len(pairs), model.cfg.n_tokens), model.mask_id, device=dev)
+    mass = policy_probs(model, empty, [world.make_prompt("two", ab) for ab in pairs], cfg).sum(1)  # (P, K)
+    K = mass.shape[1]
+    named = torch.tensor([[labels[k] in (a, b) for k in range(K)] for a, b in pairs])  # (P, K)
+    swaps = torch.tensor([[labels[k] in swaps_of(a, b) for k in range(K)] for a, b in pairs])
+    m_named, m_swap = (mass * named).sum(1), (mass * swaps).sum(1)  # (P,)
+    seen = m_named + m_swap > 0  # a codebook that lacks those objects says nothing about binding
+    return (m_swap[seen] / (m_named + m_swap)[seen]).mean().item(), int(seen.sum())
+
+
+def holds(rel, cell, side):
+    """(N,) bool: the cells where a second object makes "first REL second" true, the first on `cell`
+    (row-major cells; the verifier's rule: the first's centre on the named side, here by >= 1 cell)."""
+    r, c = torch.arange(side * side) // side, torch.arange(side * side) % side
+    return {"left of": c > c[cell], "right of": c < c[cell], "above": r > r[cell], "below": r < r[cell]}[rel]
+
+
+def order_right(pa, pb, rels, side):
+    """(P,) bool: the first object's expected coordinate (under its mass pa (P, N)) is on the named side
+    of the second's (pb); rels: P relation names."""
+    r, c = torch.arange(side * side) // side, torch.arange(side * side) % side
+    ea = lambda p, x: (p * x).sum(1) / p.sum(1).clamp(min=1e-12)
+    out = []
+    for i, rel in enumerate(rels):
+        x, sign = {"left of": (c, 1), "right of": (c, -1), "above": (r, 1), "below": (r, -1)}[rel]
+        out.append(sign * (ea(pb[i:i + 1], x) - ea(pa[i:i + 1], x)) > 0)
+    return torch.cat(out)
+
+
+def relations(model, cfg, labels):
+    """{order, given_first, uniform, prompts}: the two relation measures (module docstring)."""
+    N = model.cfg.n_tokens
+    side = math.isqrt(N)
+    code = {}
+    for k, lab in enumerate(labels):
+        code.setdefault(lab, k)  # vq.encode picks the first of equal codes
+    objs = [o for o in code if o is not None]
+    cases = [(a, rel, b) for a in objs for b in objs if a != b for rel in world.RELATIONS]
+    prompts = [world.make_prompt("position", (a, b), rel) for a, rel, b in cases]
+    ka, kb = torch.tensor([code[a] for a, _, _ in cases]), torch.tensor([code[b] for _, _, b in cases])
+    dev = next(model.parameters()).device
+    p = policy_probs(model, torch.full((len(cases), N), model.mask_id, device=dev), prompts, cfg)  # (P, N, K)
+    P = torch.arange(len(cases))
+    order = order_right(p[P, :, ka], p[P, :, kb], [rel for _, rel, _ in cases], side).float().mean().item()
+    # the first object on every cell that leaves the relation room; the second's mass on the other cells
+    rows = [(i, cell) for i, (_, rel, _) in enumerate(cases) for cell in range(N) if holds(rel, cell, side).any()]
+    states = torch.full((len(rows), N), model.mask_id, device=dev)
+    states[torch.arange(len(rows)), torch.tensor([cell for _, cell in rows])] = ka[[i for i, _ in rows]].to(dev)
+    q = policy_probs(model, states, [prompts[i] for i, _ in rows], cfg)  # (R, N, K)
+    qb = q[torch.arange(len(rows)), :, kb[[i for i, _ in rows]]]  # (R, N): the second object's mass per cell
+    ok = torch.stack([holds(cases[i][1], cell, side) for i, cell in rows])  # (R, N)
+    other = torch.ones_like(ok)
+    other[torch.arange(len(rows)), torch.tensor([cell for _, cell in rows])] = False
+    qb = qb * other
+    given = ((qb * ok).sum(1) / qb.sum(1).clamp(min=1e-12)).mean().item()
+    uniform = (ok.sum(1) / other.sum(1)).float().mean().item()
+    return dict(order=order, given_first=given, uniform=uniform, prompts=len(cases))
+
+
+def report(model, cfg, labels):
+    """The two measures as the lines focus.py and probe.py print."""
+    share, n = binding(model, cfg, labels)
+    rel = relations(model, cfg, labels)
+    return (f"binding on the empty board ({n} prompts \"a C1 S1 and a C2 S2\", two colours and two shapes): "
+            f"{share:.1%} of the mass on those four objects goes to the two swaps (0%: perfect binding, 50%: none)\n"
+            f"relations on the empty board ({rel['prompts']} prompts \"a C1 S1 REL a C2 S2\"): the first object's "
+            f"mean position is on the named side of the second's in {rel['order']:.1%} of prompts (50%: word order "
+            f"unknown); with the first object placed, {rel['given_first']:.1%} of the second's mass is where the "
+            f"relation holds (a uniform guess: {rel['uniform']:.1%})")
+
+
+if __name__ == "__main__":
+    import argparse
+    import os
+
+    import config
+
+    ap = argparse.ArgumentParser(description="Binding and relations on the empty board, for a train.py run.")
+    ap.add_argument("--ckpt", default="out")
+    ap.add_argument("--pretrained", action="store_true", help="the pretrained weights instead of the RL ones")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    dev = config.pick_device(args.device)
+    model, vq, cfg = config.load_generator(args.ckpt, dev)
+    if args.pretrained:
+        model.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), weights_only=False)["state"])
+    if cfg.grid != cfg.patch:
+        raise SystemExit(f"the probes need one object per token (grid == patch); this run has grid {cfg.grid}, "
+                         f"patch {cfg.patch}")
+    print(report(model, cfg, object_labels(vq, math.isqrt(model.cfg.n_tokens))))
