@@ -234,14 +234,16 @@ def state_dict(model):
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def load_generator(out, dev):
-    """(model, vq, cfg) from a finished run's folder: the RL weights when there are any, else pretrained."""
+def load_generator(out, dev, pretrained=False):
+    """(model, vq, cfg) from a finished run's folder: the RL weights when there are any (and not
+    `pretrained`), else the pretrained ones."""
     pre = torch.load(os.path.join(out, "pretrain.pt"), map_location="cpu", weights_only=False)
     cb = torch.load(os.path.join(out, "codebook.pt"), map_location="cpu", weights_only=False)
     cfg = Config(**{k: v for k, v in pre["config"].items()}, **{k: v for k, v in cb["config"].items() if k not in pre["config"]})
     model = MaskedTransformer(model_config(cfg)).to(dev)
     rl = os.path.join(out, "rl.pt")
-    model.load_state_dict(torch.load(rl, map_location="cpu", weights_only=False)["state"] if os.path.exists(rl) else pre["state"])
+    use_rl = os.path.exists(rl) and not pretrained
+    model.load_state_dict(torch.load(rl, map_location="cpu", weights_only=False)["state"] if use_rl else pre["state"])
     vq = VQCodebook(cfg.codebook_size, cfg.patch)
     vq.load_state_dict(cb["state"])
     return model.eval(), vq.to(dev), cfg

@@ -231,9 +231,7 @@ if __name__ == "__main__":
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = config.pick_device(args.device)
-    model, vq, cfg = config.load_generator(args.ckpt, dev)
-    if args.pretrained:
-        model.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), weights_only=False)["state"])
+    model, vq, cfg = config.load_generator(args.ckpt, dev, pretrained=args.pretrained)
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
     picked, picked_each, gains, sims = collections.Counter(), collections.Counter(), [], []
     K, N = vq.codes.shape[0], model.cfg.n_tokens

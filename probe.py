@@ -128,6 +128,8 @@ def relations(model, cfg, labels):
 
 def report(model, cfg, labels):
     """The two measures as the lines focus.py and probe.py print."""
+    if cfg.grid != cfg.patch or not any(labels):
+        return f"binding and relations: not measured (they need one object per token, grid == patch; grid {cfg.grid})"
     share, n = binding(model, cfg, labels)
     rel = relations(model, cfg, labels)
     return (f"binding on the empty board ({n} prompts \"a C1 S1 and a C2 S2\", two colours and two shapes): "
@@ -140,7 +142,6 @@ def report(model, cfg, labels):
 
 if __name__ == "__main__":
     import argparse
-    import os
 
     import config
 
@@ -150,10 +151,5 @@ if __name__ == "__main__":
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = config.pick_device(args.device)
-    model, vq, cfg = config.load_generator(args.ckpt, dev)
-    if args.pretrained:
-        model.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), weights_only=False)["state"])
-    if cfg.grid != cfg.patch:
-        raise SystemExit(f"the probes need one object per token (grid == patch); this run has grid {cfg.grid}, "
-                         f"patch {cfg.patch}")
+    model, vq, cfg = config.load_generator(args.ckpt, dev, pretrained=args.pretrained)
     print(report(model, cfg, object_labels(vq, math.isqrt(model.cfg.n_tokens))))
