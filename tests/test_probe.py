@@ -56,6 +56,21 @@ def knowing_policy(states, prompts):
     return out / out.sum(-1, keepdim=True)
 
 
+def geometry_only_policy(states, prompts):
+    """(P, N, K): where objects go (in line, two cells apart) but not which is which: a placed object's
+    partner goes two cells away on either side along the relation's axis."""
+    out = torch.full((len(prompts), N, K), 0.01)
+    r, c = torch.arange(N) // SIDE, torch.arange(N) % SIDE
+    for i, p in enumerate(prompts):
+        _, (a, b), rel = world.parse_prompt(p)
+        placed = (states[i] != K).nonzero().flatten().tolist()
+        if placed:
+            pr, pc = divmod(placed[0], SIDE)
+            line = (r == pr) & ((c - pc).abs() == 2) if rel in ("left of", "right of") else (c == pc) & ((r - pr).abs() == 2)
+            out[i, :, OBJECTS.index(b)] += line.float()
+    return out / out.sum(-1, keepdim=True)
+
+
 def bag_of_words_policy(states, prompts):
     """(P, N, K): every named colour with every named shape, alike on every cell."""
     out = torch.full((len(prompts), N, K), 0.1)
@@ -66,18 +81,19 @@ def bag_of_words_policy(states, prompts):
     return out / out.sum(-1, keepdim=True)
 
 
-@pytest.mark.parametrize("policy", ["knowing", "bag of words"])
+@pytest.mark.parametrize("policy", ["knowing", "bag of words", "geometry only"])
 def test_probes_tell_a_knowing_model_from_a_bag_of_words(policy, monkeypatch):
-    fn = knowing_policy if policy == "knowing" else bag_of_words_policy
+    fn = dict(knowing=knowing_policy, geometry=geometry_only_policy).get(policy.split()[0], bag_of_words_policy)
     monkeypatch.setattr(probe, "policy_probs", lambda model, states, prompts, cfg: fn(states.cpu(), prompts))
     cfg = SimpleNamespace(cfg_scale=2.0, temperature=1.0)
     share, n = probe.binding(stub_model(), cfg, LABELS)
     rel = probe.relations(stub_model(), cfg, LABELS)
     assert n > 100 and rel["prompts"] == 12 * 11 * 4
-    # a uniform guess over the other 15 cells, averaged over the cells that leave room: (12 + 8 + 4) / 15 / 3
-    assert rel["uniform"] == pytest.approx(24 / 45)
     if policy == "knowing":
-        assert share == pytest.approx(0.0) and rel["order"] == 1.0 and rel["given_first"] == pytest.approx(1.0)
-    else:
+        assert share == pytest.approx(0.0) and rel["order"] == 1.0 and rel["side"] == pytest.approx(1.0)
+    elif policy == "bag of words":
         assert share == pytest.approx(0.5) and rel["order"] == 0.0  # equal mean positions: never on the side
-        assert rel["given_first"] == pytest.approx(rel["uniform"])
+        # the first object in column 1: 8 cells right of it, 4 left (2/3); in column 2: 1/3; the mean is 1/2
+        assert rel["side"] == pytest.approx(0.5)
+    else:  # the partner two cells away exists on one side only (4x4 board): all-or-nothing, 1/2 on average
+        assert rel["side"] == pytest.approx(0.5, abs=0.01)

@@ -94,9 +94,8 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
                         capture_output=True, text=True)
     assert pr.returncode == 0, pr.stderr
     m = re.search(r"relations on the empty board \((\d+) prompts.*?in ([\d.]+)% of prompts.*?placed, ([\d.]+)% of "
-                  r"the second's mass .*?guess: ([\d.]+)%", pr.stdout)
+                  r"the second's mass", pr.stdout)
     assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
-    assert float(m.group(4)) == pytest.approx(100 * 24 / 45, abs=0.05)  # the tiny run's 4x4 board
     with pytest.raises(SystemExit, match="indices 0-4"):
         train.pick_variants("1,9")
 
