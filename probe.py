@@ -16,8 +16,8 @@ measures (on order an exact tie counts as wrong):
              empty board lies on the named side of the second's;
              side: with the first object committed on a cell that has room on both sides of it
              along the relation's axis, the share of the second object's mass on those two sides
-             that lies on the named one. A model that has learned where objects go (in line, a
-             cell apart) but not which object is which also scores 50% here, by the board's mirror
+             that lies on the named one. A model that has learned where objects go (in line, a cell
+             between) but not which object is which also scores 50% here, by the board's mirror
              symmetry; a share of all cells would not tell that model apart from knowledge.
 
 Simplified: the masses are the one-step policy (CFG and temperature as the run samples, no Gumbel
