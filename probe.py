@@ -6,7 +6,7 @@ README ("Where RL stops") measured that it does not create it.
 On the token-aligned board (grid = patch, both presets) each object is exactly one token, so a code
 *is* an object, and the policy's probabilities on a fully masked board say where the model would put
 which object. A model that reads the prompt as a bag of words scores about 50% on all three
-measures (on order an exact tie counts as wrong):
+measures (on order an exact tie counts as wrong; placement's 50% is the 4x4 board's, below):
 
   binding    "a C1 S1 and a C2 S2" with two colours and two shapes: the share of the policy's mass
              (summed over cells) on those four objects that goes to the two swaps, C1 S2 and C2 S1.
@@ -14,15 +14,16 @@ measures (on order an exact tie counts as wrong):
   relations  "a C1 S1 REL a C2 S2", every ordered pair of different objects and every relation:
              order: the share of prompts whose first object's expected row (or column) on the
              empty board lies on the named side of the second's;
-             side: with the first object committed on a cell that has room on both sides of it
-             along the relation's axis, the share of the second object's mass on those two sides
-             that lies on the named one. A model that has learned where objects go (in line, a cell
-             between) but not which object is which also scores 50% here, by the board's mirror
-             symmetry; a share of all cells would not tell that model apart from knowledge.
+             placement: the share of each object's empty-board mass on the cells where the renderer
+             can put it (the first with room for the second on the named side, a cell between them;
+             the second likewise), averaged over the two objects. On a 4x4 board those are two
+             complementary halves, so a model that gives both objects one distribution scores 50%.
+             It is the first commit that decides a relation there: once one object is down, the
+             partner's cell two along the line exists on one side only, so a conditional test
+             would be trivial on the data's cells and off the data elsewhere.
 
 Simplified: the masses are the one-step policy (CFG and temperature as the run samples, no Gumbel
-choice noise); an object whose code the codebook lacks is skipped; "holds" is the verifier's rule
-(centroids on the named side by at least a cell), not the renderer's (same row, a cell between).
+choice noise); an object whose code the codebook lacks is skipped.
 
     python probe.py --ckpt out [--pretrained]
 """
@@ -79,14 +80,13 @@ def binding(model, cfg, labels, n=400):
     return (m_swap[seen] / (m_named + m_swap)[seen]).mean().item(), int(seen.sum())
 
 
-REVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
-def holds(rel, cell, side):
-    """(N,) bool: the cells where a second object makes "first REL second" true, the first on `cell`
-    (row-major cells; the verifier's rule: the first's centre on the named side, here by >= 1 cell)."""
+def data_cells(rel, side):
+    """(first, second), each (N,) bool: the cells where the renderer can put the first and the second
+    object of "first REL second" (row-major cells; in line, with at least one empty cell between)."""
     r, c = torch.arange(side * side) // side, torch.arange(side * side) % side
-    return {"left of": c > c[cell], "right of": c < c[cell], "above": r > r[cell], "below": r < r[cell]}[rel]
+    x = c if rel in ("left of", "right of") else r  # the coordinate the relation is about
+    low, high = x <= side - 3, x >= 2  # room for a partner two or more cells further on / further back
+    return (low, high) if rel in ("left of", "above") else (high, low)
 
 
 def order_right(pa, pb, rels, side):
@@ -102,7 +102,7 @@ def order_right(pa, pb, rels, side):
 
 
 def relations(model, cfg, labels):
-    """{order, side, prompts}: the two relation measures (module docstring)."""
+    """{order, placement, prompts}: the two relation measures (module docstring)."""
     N = model.cfg.n_tokens
     side = math.isqrt(N)
     code = {}
@@ -116,17 +116,11 @@ def relations(model, cfg, labels):
     p = policy_probs(model, torch.full((len(cases), N), model.mask_id, device=dev), prompts, cfg)  # (P, N, K)
     P = torch.arange(len(cases))
     order = order_right(p[P, :, ka], p[P, :, kb], [rel for _, rel, _ in cases], side).float().mean().item()
-    # the first object on every cell with room on both sides; the second's mass on the named side vs the other
-    rows = [(i, cell) for i, (_, rel, _) in enumerate(cases) for cell in range(N)
-            if holds(rel, cell, side).any() and holds(REVERSE[rel], cell, side).any()]
-    states = torch.full((len(rows), N), model.mask_id, device=dev)
-    states[torch.arange(len(rows)), torch.tensor([cell for _, cell in rows])] = ka[[i for i, _ in rows]].to(dev)
-    q = policy_probs(model, states, [prompts[i] for i, _ in rows], cfg)  # (R, N, K)
-    qb = q[torch.arange(len(rows)), :, kb[[i for i, _ in rows]]]  # (R, N): the second object's mass per cell
-    named = (qb * torch.stack([holds(cases[i][1], cell, side) for i, cell in rows])).sum(1)  # (R,)
-    opposite = (qb * torch.stack([holds(REVERSE[cases[i][1]], cell, side) for i, cell in rows])).sum(1)
-    share = (named / (named + opposite).clamp(min=1e-12)).mean().item()
-    return dict(order=order, side=share, prompts=len(cases))
+    cells = [data_cells(rel, side) for _, rel, _ in cases]
+    on = lambda mass, where: ((mass * where).sum(1) / mass.sum(1).clamp(min=1e-12))  # (P,)
+    first, second = torch.stack([f for f, _ in cells]), torch.stack([s for _, s in cells])  # (P, N)
+    placement = ((on(p[P, :, ka], first) + on(p[P, :, kb], second)) / 2).mean().item()
+    return dict(order=order, placement=placement, prompts=len(cases))
 
 
 def report(model, cfg, labels):
@@ -139,8 +133,8 @@ def report(model, cfg, labels):
             f"{share:.1%} of the mass on those four objects goes to the two swaps (0%: perfect binding, 50%: none)\n"
             f"relations on the empty board ({rel['prompts']} prompts \"a C1 S1 REL a C2 S2\"): the first object's "
             f"mean position is on the named side of the second's in {rel['order']:.1%} of prompts (50%: word order "
-            f"unknown); with the first object placed, {rel['side']:.1%} of the second's mass on the two sides of it "
-            f"is on the named side (50%: direction unknown)")
+            f"unknown); {rel['placement']:.1%} of the two objects' mass is on cells where the renderer can put them "
+            f"(50% on a 4x4 board: direction unknown)")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,14 @@ LABELS = OBJECTS + [None, None]
 K = len(LABELS)
 
 
-def test_holds_hand_cases():
+def test_data_cells_hand_cases():
     cells = lambda m: set(torch.nonzero(m).flatten().tolist())
-    # the first object on cell 5 (row 1, column 1) of a 4x4 board
-    assert cells(probe.holds("left of", 5, SIDE)) == {2, 3, 6, 7, 10, 11, 14, 15}  # the second in columns 2-3
-    assert cells(probe.holds("right of", 5, SIDE)) == {0, 4, 8, 12}
-    assert cells(probe.holds("above", 5, SIDE)) == set(range(8, 16))
-    assert cells(probe.holds("below", 5, SIDE)) == {0, 1, 2, 3}
-    assert not probe.holds("left of", 3, SIDE).any()  # nothing is right of the last column
+    first, second = probe.data_cells("left of", SIDE)  # first in columns 0-1, second in columns 2-3
+    assert cells(first) == {0, 1, 4, 5, 8, 9, 12, 13} and cells(second) == {2, 3, 6, 7, 10, 11, 14, 15}
+    first, second = probe.data_cells("below", SIDE)  # first in rows 2-3, second in rows 0-1
+    assert cells(first) == set(range(8, 16)) and cells(second) == set(range(8))
+    first, second = probe.data_cells("left of", 6)  # a 6x6 board: columns 0-3 and 2-5 overlap
+    assert cells(first) == {n for n in range(36) if n % 6 <= 3} and cells(second) == {n for n in range(36) if n % 6 >= 2}
 
 
 def test_order_right_hand_cases():
@@ -46,8 +46,6 @@ def knowing_policy(states, prompts):
         placed = (states[i] != K).nonzero().flatten().tolist()
         if cat == "two":
             out[i, :, ka] = out[i, :, kb] = 1
-        elif placed:
-            out[i, :, kb] = probe.holds(rel, placed[0], SIDE).float()
         else:
             first, second = {"left of": (0, 3), "right of": (3, 0), "above": (0, 3), "below": (3, 0)}[rel]
             axis = torch.arange(N) % SIDE if rel in ("left of", "right of") else torch.arange(N) // SIDE
@@ -57,8 +55,8 @@ def knowing_policy(states, prompts):
 
 
 def geometry_only_policy(states, prompts):
-    """(P, N, K): where objects go (in line, two cells apart) but not which is which: a placed object's
-    partner goes two cells away on either side along the relation's axis."""
+    """(P, N, K): where objects go (in line, two cells apart) but not which is which: on the empty board
+    both objects alike, a placed object's partner two cells away on either side along the line."""
     out = torch.full((len(prompts), N, K), 0.01)
     r, c = torch.arange(N) // SIDE, torch.arange(N) % SIDE
     for i, p in enumerate(prompts):
@@ -90,10 +88,9 @@ def test_probes_tell_a_knowing_model_from_a_bag_of_words(policy, monkeypatch):
     rel = probe.relations(stub_model(), cfg, LABELS)
     assert n > 100 and rel["prompts"] == 12 * 11 * 4
     if policy == "knowing":
-        assert share == pytest.approx(0.0) and rel["order"] == 1.0 and rel["side"] == pytest.approx(1.0)
+        assert share == pytest.approx(0.0) and rel["order"] == 1.0 and rel["placement"] == pytest.approx(1.0, abs=0.01)
     elif policy == "bag of words":
         assert share == pytest.approx(0.5) and rel["order"] == 0.0  # equal mean positions: never on the side
-        # the first object in column 1: 8 cells right of it, 4 left (2/3); in column 2: 1/3; the mean is 1/2
-        assert rel["side"] == pytest.approx(0.5)
-    else:  # the partner two cells away exists on one side only (4x4 board): all-or-nothing, 1/2 on average
-        assert rel["side"] == pytest.approx(0.5, abs=0.01)
+        assert rel["placement"] == pytest.approx(0.5)  # one distribution for both objects: complementary halves
+    else:
+        assert rel["placement"] == pytest.approx(0.5)

@@ -93,8 +93,8 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     pr = subprocess.run([sys.executable, "probe.py", "--ckpt", out, "--pretrained", "--device", "cpu"], cwd=ROOT,
                         capture_output=True, text=True)
     assert pr.returncode == 0, pr.stderr
-    m = re.search(r"relations on the empty board \((\d+) prompts.*?in ([\d.]+)% of prompts.*?placed, ([\d.]+)% of "
-                  r"the second's mass", pr.stdout)
+    m = re.search(r"relations on the empty board \((\d+) prompts.*?in ([\d.]+)% of prompts.*?; ([\d.]+)% of "
+                  r"the two objects' mass", pr.stdout)
     assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
     with pytest.raises(SystemExit, match="indices 0-4"):
         train.pick_variants("1,9")
