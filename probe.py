@@ -1,6 +1,6 @@
 """
 What a generator knows about a prompt's *structure* before it commits anything: binding and relations,
-read off the guided policy on an empty (or nearly empty) board. RL can sharpen what these show; the
+read off the guided policy on an empty board. RL can sharpen what these show; the
 README ("Where RL stops") measured that it does not create it.
 
 On the token-aligned board (grid = patch, both presets) each object is exactly one token, so a code
