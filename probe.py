@@ -80,25 +80,28 @@ def binding(model, cfg, labels, n=400):
     return (m_swap[seen] / (m_named + m_swap)[seen]).mean().item(), int(seen.sum())
 
 
+def coordinate(rel, side):
+    """(x (N,), sign): each cell's column or row, whichever the relation is about, and +1 where the first
+    object has the smaller one ("left of", "above"), -1 where it has the larger (row-major cells)."""
+    x = torch.arange(side * side) % side if rel in ("left of", "right of") else torch.arange(side * side) // side
+    return x, 1 if rel in ("left of", "above") else -1
+
+
 def data_cells(rel, side):
     """(first, second), each (N,) bool: the cells where the renderer can put the first and the second
-    object of "first REL second" (row-major cells; in line, with at least one empty cell between)."""
-    r, c = torch.arange(side * side) // side, torch.arange(side * side) % side
-    x = c if rel in ("left of", "right of") else r  # the coordinate the relation is about
+    object of "first REL second" (in line, with at least one empty cell between)."""
+    x, sign = coordinate(rel, side)
     low, high = x <= side - 3, x >= 2  # room for a partner two or more cells further on / further back
-    return (low, high) if rel in ("left of", "above") else (high, low)
+    return (low, high) if sign > 0 else (high, low)
 
 
 def order_right(pa, pb, rels, side):
     """(P,) bool: the first object's expected coordinate (under its mass pa (P, N)) is on the named side
     of the second's (pb); rels: P relation names."""
-    r, c = torch.arange(side * side) // side, torch.arange(side * side) % side
-    ea = lambda p, x: (p * x).sum(1) / p.sum(1).clamp(min=1e-12)
-    out = []
-    for i, rel in enumerate(rels):
-        x, sign = {"left of": (c, 1), "right of": (c, -1), "above": (r, 1), "below": (r, -1)}[rel]
-        out.append(sign * (ea(pb[i:i + 1], x) - ea(pa[i:i + 1], x)) > 0)
-    return torch.cat(out)
+    x, sign = zip(*(coordinate(rel, side) for rel in rels))
+    x, sign = torch.stack(x).float(), torch.tensor(sign)  # (P, N), (P,)
+    mean = lambda mass: (mass * x).sum(1) / mass.sum(1).clamp(min=1e-12)  # (P,)
+    return sign * (mean(pb) - mean(pa)) > 0
 
 
 def relations(model, cfg, labels):
