@@ -1,0 +1,61 @@
+"""The docs are meant to be copied from: every flag a command in README.md or FINDINGS.md names must be
+one its script accepts (a renamed flag would otherwise leave the docs quietly wrong)."""
+import functools
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "FINDINGS.md"]
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+@functools.lru_cache(maxsize=None)
+def flags_of(script):
+    """The set of --flags that `python script --help` lists."""
+    out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{script} --help failed:\n{out.stderr}"
+    return frozenset(FLAG.findall(out.stdout))
+
+
+def spans(text):
+    """Each fenced code block's lines and each inline `code` span (which may wrap across lines)."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    rest = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
+    lines = [line for b in blocks for line in b.splitlines()]
+    return lines + re.findall(r"`([^`]+)`", rest)
+
+
+def commands(text):
+    """(script, flags) for every `python X.py ...` in the text, and (None, flags) for bare flag spans."""
+    found = []
+    for span in spans(text):
+        parts = re.split(r"python (\w+\.py)", span)
+        if len(parts) == 1:
+            if span.lstrip().startswith("--"):
+                found.append((None, FLAG.findall(span)))
+            continue
+        for script, tail in zip(parts[1::2], parts[2::2]):
+            found.append((script, FLAG.findall(tail.split(";")[0].split("&&")[0].split("|")[0])))
+    return found
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_documented_flag_exists(doc):
+    found = commands((ROOT / doc).read_text())
+    assert any(s == "train.py" for s, _ in found), "no train.py command found: the parser is broken"
+    scripts = sorted({s for s, _ in found if s} | {"train.py"})
+    for s in scripts:
+        assert (ROOT / s).exists(), f"{doc} runs {s}, which does not exist"
+    known = frozenset().union(*(flags_of(s) for s in scripts))
+    bad = [(s or "(bare)", f) for s, fl in found for f in fl if f not in (flags_of(s) if s else known)]
+    assert not bad, f"{doc} names flags its scripts do not accept: {sorted(set(bad))}"
+
+
+def test_a_wrong_flag_is_caught():
+    """The check itself can fail: a made-up flag on train.py is reported."""
+    (script, fl), = commands("`python train.py --out x --no-such-flag 3`")
+    assert script == "train.py" and "--no-such-flag" in fl and "--no-such-flag" not in flags_of("train.py")
