@@ -237,6 +237,9 @@ def state_dict(model):
 def load_generator(out, dev, pretrained=False):
     """(model, vq, cfg) from a finished run's folder: the RL weights when there are any (and not
     `pretrained`), else the pretrained ones."""
+    for name in ("codebook.pt", "pretrain.pt"):
+        if not os.path.exists(os.path.join(out, name)):
+            raise SystemExit(f"{out}/{name} is missing: run `python train.py --out {out}` first")
     pre = torch.load(os.path.join(out, "pretrain.pt"), map_location="cpu", weights_only=False)
     cb = torch.load(os.path.join(out, "codebook.pt"), map_location="cpu", weights_only=False)
     cfg = Config(**{k: v for k, v in pre["config"].items()}, **{k: v for k, v in cb["config"].items() if k not in pre["config"]})

@@ -178,7 +178,6 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
 
 if __name__ == "__main__":
     import argparse
-    import os
     import time
 
     import config
@@ -197,8 +196,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
-    ref = config.load_generator(args.ckpt, dev)[0].requires_grad_(False)  # the KL reference: pretrained weights
-    ref.load_state_dict(torch.load(os.path.join(args.ckpt, "pretrain.pt"), map_location=dev, weights_only=False)["state"])
+    ref = config.load_generator(args.ckpt, dev, pretrained=True)[0].requires_grad_(False)  # the KL reference
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(0)
     for u in range(args.updates):

@@ -30,6 +30,7 @@ is the paper's way.
 
 import argparse
 import math
+import os
 import statistics
 import time
 
@@ -321,6 +322,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Print the shortcut table of a finished `python train.py` run.")
     ap.add_argument("--out", default="out")
     args = ap.parse_args()
+    if not os.path.exists(f"{args.out}/shortcut.pt"):
+        raise SystemExit(f"{args.out}/shortcut.pt is missing: run `python train.py --out {args.out}` first")
     ck = torch.load(f"{args.out}/shortcut.pt", map_location="cpu", weights_only=False)
     from report import speed_table_lines
     print("\n".join(speed_table_lines(ck["table"])))

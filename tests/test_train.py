@@ -123,6 +123,16 @@ def test_bad_flags_are_refused(capsys):
     assert cfg.pretrain_steps == 7 and cfg.d_model == config.PRESETS["tiny"]["d_model"]
 
 
+
+def test_demos_on_a_folder_without_a_run_say_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match="pretrain.pt is missing: run `python train.py --out"):
+        (tmp_path / "codebook.pt").write_bytes(b"")
+        config.load_generator(str(tmp_path), torch.device("cpu"))
+    out = subprocess.run([sys.executable, "shortcut.py", "--out", str(tmp_path)], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 1 and "shortcut.pt is missing" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_state_dict_is_a_copy():
     m = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
     sd = config.state_dict(m)
