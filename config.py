@@ -57,7 +57,7 @@ class Config:
     group_size: int = 8  # samples per prompt (G)
     rl_lr: float = 1e-4
     rl_mu: int = 1  # inner updates per rollout batch
-    rl_estimator: str = "remask"  # remask | replay
+    rl_estimator: str = "remask"  # remask (MaskFocus) | replay | maskgrpo (its mask-ratio schedule; no steps chosen)
     rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; random ties it, README)
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; -4 points at T=16)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
@@ -99,7 +99,7 @@ PRESETS = {
 }
 
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
-           "rl_estimator": ["remask", "replay"], "rl_steps": ["all", "random", "focus"],
+           "rl_estimator": ["remask", "replay", "maskgrpo"], "rl_steps": ["all", "random", "focus"],
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
            "rl_mode": ["stochastic", "confidence"], "sc_uncond": ["cache", "shortcut"]}
 
@@ -173,6 +173,8 @@ def parse_config(argv=None, description=None):
         ap.error("--compare needs --compare-updates (or --rl-updates) above 0")
     if cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay":
         ap.error("--rl-routing entropy changes the rollout policy; use it with --rl-estimator remask")
+    if cfg.compare and cfg.rl_estimator == "maskgrpo":
+        ap.error("--compare varies the scored steps, and --rl-estimator maskgrpo scores none; use remask or replay")
     return cfg
 
 

@@ -6,17 +6,20 @@ function another project can copy.
   replay_logp       the exact policy log-prob: re-run the model on the recorded input state
                     of a step (with the sampler's CFG and temperature) and score the tokens
                     committed there
-  remask_logp       MaskGRPO / MaskFocus's estimator: a fresh uniformly random mask over the
-                    *final* tokens with as many masked positions as the step had, score every
-                    masked token (conditional branch only, no CFG inside the likelihood)
+  remask_logp       MaskFocus's estimator: a fresh uniformly random mask over the *final* tokens
+                    with as many masked positions as the chosen step had, score every masked
+                    token (conditional branch only, no CFG inside the likelihood)
+  ratio_masks       MaskGRPO's own masks for remask_logp: no steps are chosen; inner iteration j
+                    of mu masks every token i.i.d. with r_j = min(m + (1 - m)(j + 1)/mu, 0.999)
+                    (estimator="maskgrpo")
   grpo_loss         clipped-ratio surrogate with a k3 KL to a frozen reference, token-level mean
   rl_step           one update round: rollouts, rewards, advantages, scored steps, mu clipped
                     updates; hooks let focus.py choose the steps and tokens and weigh tokens
 
 Simplified versus the paper (honest list):
   - no LoRA: the whole (small) model is trained;
-  - the re-mask estimator uses the mask count of the chosen sampling step, not MaskGRPO's
-    ratio schedule r_j = m + (1 - m)(j + 1)/mu over inner iterations;
+  - the default estimator ("remask") is MaskFocus's, the mask count of a chosen sampling step;
+    MaskGRPO's ratio schedule is estimator="maskgrpo", with m = 0.5 fixed (the paper: 0.5-0.6);
   - the loss on a masked position is plain log-prob, with no 1/t ELBO weighting (as the paper);
   - rollouts default to MaskGIT confidence sampling in train.py (what evaluation uses, as
     MaskFocus does); MaskGRPO's stochastic sampler is sample(mode="stochastic"), measured in the
@@ -74,6 +77,15 @@ def remask_masks(traj, steps, mask_id, generator):
     return rank.transpose(0, 1) < n_masked[..., None]  # (B, S, N)
 
 
+def ratio_masks(B, N, mu, generator, device, floor=0.5):
+    """(B, mu, N) bool, MaskGRPO's likelihood masks: in inner iteration j every image token is masked
+    i.i.d. with probability r_j = min(floor + (1 - floor)(j + 1)/mu, 0.999). With mu = 1 that is 0.999:
+    nearly the empty board, where each sample's first decisions are made. Draw once, reuse for old,
+    reference and current log-probs (iteration j scores mask j only)."""
+    r = torch.tensor([min(floor + (1 - floor) * (j + 1) / mu, 0.999) for j in range(mu)], device=device)
+    return torch.rand(B, mu, N, generator=generator, device=device) < r[:, None]
+
+
 def remask_logp(model, final, prompt_ids, masks, mask_id):
     """Log-prob (B, S, N) of the final token at every position, with masks (B, S, N) applied to the
     final tokens; only the masked entries are meaningful (use masks as the loss mask)."""
@@ -121,9 +133,9 @@ def policy_logp(model, traj, steps, estimator, masks):
     """(logp, loss mask), both (B, S, N), by the chosen estimator."""
     if estimator == "replay":
         return replay_logp(model, traj, steps)
-    if estimator == "remask":
+    if estimator in ("remask", "maskgrpo"):
         return remask_logp(model, traj.final, traj.prompt_ids, masks, model.mask_id), masks
-    raise ValueError(f"estimator must be 'replay' or 'remask', got {estimator!r}")
+    raise ValueError(f"estimator must be 'replay', 'remask' or 'maskgrpo', got {estimator!r}")
 
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
@@ -133,7 +145,8 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
     (steps, cfg_scale, temperature, mode, token_temperature). `steps` is 'all', 'random' (k of
-    them) or a callable traj -> a list of steps or a (B, S) tensor of steps per sample (focus.py). Optional hooks (focus.py):
+    them) or a callable traj -> a list of steps or a (B, S) tensor of steps per sample (focus.py);
+    estimator="maskgrpo" chooses no steps (its mu masks take their place). Optional hooks (focus.py):
     pick_tokens(traj) -> (B, N) bool restricts the loss to those positions; weigh_tokens(logp, ref,
     mask, traj) -> weights (B, S, N) for grpo_loss. Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
@@ -141,9 +154,13 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     tokens, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
     r = score(tokens).to(tokens.device)  # (B,)
     adv, flat = group_advantages(r, group_size)
-    chosen = steps(traj) if callable(steps) else choose_steps(traj.states.shape[0], steps, k, generator)
-    chosen = step_index(chosen, tokens.shape[0], tokens.device)  # (B, S): shared or per-sample steps alike
-    masks = remask_masks(traj, chosen, model.mask_id, generator) if estimator == "remask" else None
+    B, N = tokens.shape
+    if estimator == "maskgrpo":
+        chosen, masks = None, ratio_masks(B, N, mu, generator, tokens.device)  # (B, mu, N)
+    else:
+        chosen = steps(traj) if callable(steps) else choose_steps(traj.states.shape[0], steps, k, generator)
+        chosen = step_index(chosen, B, tokens.device)  # (B, S): shared or per-sample steps alike
+        masks = remask_masks(traj, chosen, model.mask_id, generator) if estimator == "remask" else None
     with torch.no_grad():  # the rollout policy and the frozen reference, on the same masks
         if estimator == "replay":  # the sampler already recorded the rollout policy's log-probs
             old, mask = at_steps(traj.logp, chosen), at_steps(traj.committed, chosen)
@@ -155,9 +172,11 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     weights = weigh_tokens(old, ref, mask, traj) if weigh_tokens is not None else None
     model.train()
     stats, skipped = {}, 0
-    for _ in range(mu):
-        logp, _ = policy_logp(model, traj, chosen, estimator, masks)
-        loss, stats = grpo_loss(logp, old, ref, adv, mask, weights, clip_eps=clip_eps, beta=beta)
+    for j in range(mu):
+        part = slice(j, j + 1) if estimator == "maskgrpo" else slice(None)  # MaskGRPO: iteration j, mask j
+        logp, _ = policy_logp(model, traj, chosen, estimator, None if masks is None else masks[:, part])
+        w = None if weights is None else weights[:, part]
+        loss, stats = grpo_loss(logp, old[:, part], ref[:, part], adv, mask[:, part], w, clip_eps=clip_eps, beta=beta)
         if not torch.isfinite(loss):
             skipped += 1  # a non-finite loss never reaches the weights
             continue
@@ -167,10 +186,11 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
         opt.step()
     model.eval()
     # compute in batch forward-equivalents (a backward counts 2): the rollout (x2 with CFG), then per scored step
-    # the old policy (remask only: replay recorded it), the reference and mu x (forward + backward)
+    # the old policy (not replay: it recorded it), the reference and mu x (forward + backward)
     S, T, c = mask.shape[1], traj.states.shape[0], 2 if traj.cfg_scale else 1
     per = c if estimator == "replay" else 1  # replay scores the sampler's guided policy; remask has no CFG
-    compute = dict(rollout_fwd=T * c, score_fwd=S * per * ((estimator == "remask") + 1 + 3 * mu))
+    score_fwd = 5 * mu if estimator == "maskgrpo" else S * per * ((estimator == "remask") + 1 + 3 * mu)
+    compute = dict(rollout_fwd=T * c, score_fwd=score_fwd)
     return dict(reward=r.mean().item(), accuracy=(r >= 1).float().mean().item(), zero_std_groups=flat,
                 skipped=skipped, scored_steps=S, scored_tokens=mask.float().sum().item() / mask.shape[0],
                 **compute, **stats)
@@ -191,7 +211,7 @@ if __name__ == "__main__":
     ap.add_argument("--prompts", type=int, default=8, help="prompts per update")
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--estimator", default="remask", choices=["remask", "replay"])
+    ap.add_argument("--estimator", default="remask", choices=["remask", "replay", "maskgrpo"])
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     dev = config.pick_device(args.device)

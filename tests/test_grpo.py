@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from grpo import group_advantages, grpo_loss, remask_logp, remask_masks, replay_logp
+import grpo
+from grpo import group_advantages, grpo_loss, ratio_masks, remask_logp, remask_masks, replay_logp
 from model import MaskedTransformer, ModelConfig, encode_prompts
 from sample import sample
 
@@ -85,6 +86,34 @@ def test_remask_masks_exactly_the_steps_count():
     assert lp.shape == (3, 3, 16) and (lp <= 0).all()
 
 
+
+def test_ratio_masks_follow_maskgrpos_schedule():
+    """r_j = min(0.5 + 0.5 (j + 1)/mu, 0.999): mu=1 -> 0.999; mu=4 -> 0.625, 0.75, 0.875, 0.999."""
+    for mu, want in [(1, [0.999]), (4, [0.625, 0.75, 0.875, 0.999])]:
+        m = ratio_masks(2000, 64, mu, torch.Generator().manual_seed(0), "cpu")
+        assert m.shape == (2000, mu, 64) and m.dtype == torch.bool
+        rate = m.float().mean((0, 2))
+        assert torch.allclose(rate, torch.tensor(want), atol=0.005), rate
+    a = ratio_masks(3, 16, 2, torch.Generator().manual_seed(1), "cpu")
+    assert torch.equal(a, ratio_masks(3, 16, 2, torch.Generator().manual_seed(1), "cpu"))
+
+
+def test_maskgrpo_iteration_j_scores_mask_j(monkeypatch):
+    """Old and reference log-probs are taken once on all mu masks; inner iteration j scores mask j only."""
+    m = tiny_model()
+    ref = tiny_model().requires_grad_(False)
+    seen = []
+    real = grpo.remask_logp
+    monkeypatch.setattr(grpo, "remask_logp", lambda model, f, p, masks, mid: seen.append(masks) or real(model, f, p, masks, mid))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), lambda tok: (tok == 3).float().mean(1),
+                     4, dict(steps=4, cfg_scale=0.0), estimator="maskgrpo", mu=3, generator=torch.Generator().manual_seed(0))
+    assert [tuple(x.shape) for x in seen] == [(8, 3, 16)] * 2 + [(8, 1, 16)] * 3
+    for j in range(3):
+        assert torch.equal(seen[2 + j][:, 0], seen[0][:, j])
+    assert s["scored_steps"] == 3 and s["score_fwd"] == 15 and s["skipped"] == 0
+
+
 def test_per_sample_steps_gather_each_samples_own_step():
     m = tiny_model()
     ids = encode_prompts(["a red circle", "two blue squares", "a green circle"])
@@ -115,7 +144,7 @@ def test_a_tiny_rl_run_raises_the_reward():
     score = lambda tok: (tok == 3).float().mean(1)
     g = torch.Generator().manual_seed(0)
     kw = dict(steps=4, cfg_scale=0.0, mode="stochastic")
-    for estimator in ("remask", "replay"):
+    for estimator in ("remask", "replay", "maskgrpo"):
         m.load_state_dict(ref.state_dict())
         opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
         log = [rl_step(m, ref, opt, ids, score, 8, kw, estimator=estimator, beta=0.0, generator=g) for _ in range(25)]
