@@ -125,8 +125,10 @@ def test_bad_flags_are_refused(capsys):
 
 
 def test_demos_on_a_folder_without_a_run_say_what_to_do(tmp_path):
-    with pytest.raises(SystemExit, match="pretrain.pt is missing: run `python train.py --out"):
-        (tmp_path / "codebook.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="codebook.pt is missing: run `python train.py --out"):
+        config.load_generator(str(tmp_path), torch.device("cpu"))
+    (tmp_path / "codebook.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="pretrain.pt is missing"):
         config.load_generator(str(tmp_path), torch.device("cpu"))
     out = subprocess.run([sys.executable, "shortcut.py", "--out", str(tmp_path)], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
