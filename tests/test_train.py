@@ -123,15 +123,13 @@ def test_bad_flags_are_refused(capsys):
     assert cfg.pretrain_steps == 7 and cfg.d_model == config.PRESETS["tiny"]["d_model"]
 
 
-
 def test_demos_on_a_folder_without_a_run_say_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="codebook.pt is missing: run `python train.py --out"):
         config.load_generator(str(tmp_path), torch.device("cpu"))
     (tmp_path / "codebook.pt").write_bytes(b"")
     with pytest.raises(SystemExit, match="pretrain.pt is missing"):
         config.load_generator(str(tmp_path), torch.device("cpu"))
-    out = subprocess.run([sys.executable, "shortcut.py", "--out", str(tmp_path)], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "shortcut.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and "shortcut.pt is missing" in out.stderr and "Traceback" not in out.stderr
 
 
