@@ -244,7 +244,12 @@ def load_generator(out, dev, pretrained=False):
             raise SystemExit(f"{out}/{name} is missing: run `python train.py --out {out}` first")
     pre = torch.load(os.path.join(out, "pretrain.pt"), map_location="cpu", weights_only=False)
     cb = torch.load(os.path.join(out, "codebook.pt"), map_location="cpu", weights_only=False)
-    cfg = Config(**{k: v for k, v in pre["config"].items()}, **{k: v for k, v in cb["config"].items() if k not in pre["config"]})
+    # each stage's checkpoint holds every field up to its stage: the sampling settings (steps, CFG,
+    # temperatures) first appear in eval_pretrain.pt and the RL ones in rl.pt, so read the latest there is
+    later = [n for n in ("eval_pretrain", "rl", "eval_rl") if os.path.exists(os.path.join(out, f"{n}.pt"))]
+    fields = torch.load(os.path.join(out, f"{later[-1]}.pt"), map_location="cpu", weights_only=False)["config"] \
+        if later else pre["config"]
+    cfg = Config(**fields)
     model = MaskedTransformer(model_config(cfg)).to(dev)
     rl = os.path.join(out, "rl.pt")
     use_rl = os.path.exists(rl) and not pretrained
