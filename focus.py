@@ -230,8 +230,13 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=None, help="sampling steps T (default: the checkpoint's)")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
+    if min(args.batches, args.prompts) < 1 or args.group < 2:
+        ap.error("--batches and --prompts must be at least 1 and --group at least 2 (critical tokens compare a group)")
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev, pretrained=args.pretrained)
+    args.steps = cfg.sample_steps if args.steps is None else args.steps
+    if not 1 <= args.k <= args.steps <= model.cfg.n_tokens:
+        ap.error(f"need 1 <= --k <= --steps <= {model.cfg.n_tokens} image tokens, got k={args.k}, steps={args.steps}")
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
     picked, picked_each, gains, sims = collections.Counter(), collections.Counter(), [], []
     K, N = vq.codes.shape[0], model.cfg.n_tokens
@@ -240,7 +245,7 @@ if __name__ == "__main__":
     first = collections.Counter()  # the first object each sample commits: when, and what it decides
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
-        tokens, traj = sample(model, encode_prompts(prompts).to(dev), args.steps or cfg.sample_steps, cfg.cfg_scale,
+        tokens, traj = sample(model, encode_prompts(prompts).to(dev), args.steps, cfg.cfg_scale,
                               cfg.temperature, cfg.choice_temperature, generator=g, record=True)
         gains.append(information_gain(traj, vq.codes))
         sims.append(step_similarity(traj, vq.codes).mean(0))

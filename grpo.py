@@ -214,6 +214,8 @@ if __name__ == "__main__":
     ap.add_argument("--estimator", default="remask", choices=["remask", "replay", "maskgrpo"])
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
+    if min(args.updates, args.prompts) < 1 or args.group < 2:
+        ap.error("--updates and --prompts must be at least 1 and --group at least 2 (advantages compare a group)")
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
     ref = config.load_generator(args.ckpt, dev, pretrained=True)[0].requires_grad_(False)  # the KL reference

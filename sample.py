@@ -215,10 +215,18 @@ if __name__ == "__main__":
     import world
     import config
     from model import encode_prompts
+    try:
+        world.parse_prompt(args.prompt)
+    except ValueError as e:
+        ap.error(str(e))
+    if min(args.n, args.batch) < 1:
+        ap.error(f"--n and --batch must be at least 1, got {args.n} and {args.batch}")
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
     cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg
-    args.steps = args.steps or cfg.sample_steps
+    args.steps = cfg.sample_steps if args.steps is None else args.steps
+    if not 1 <= args.steps <= model.cfg.n_tokens:
+        ap.error(f"--steps must be between 1 and the {model.cfg.n_tokens} image tokens, got {args.steps}")
     g = torch.Generator(dev).manual_seed(args.seed)
     kw = dict(temperature=cfg.temperature if args.temperature is None else args.temperature,
               choice_temperature=cfg.choice_temperature, mode=args.mode, generator=g)

@@ -98,6 +98,17 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
     with pytest.raises(SystemExit, match="indices 0-4"):
         train.pick_variants("1,9")
+    # the demos read the run's own settings: sampling from eval_pretrain.pt, RL from rl.pt (tiny: T=4, k=2)
+    cfg = config.load_generator(out, torch.device("cpu"))[2]
+    assert (cfg.sample_steps, cfg.rl_k, cfg.d_model) == (4, 2, config.PRESETS["tiny"]["d_model"])
+    # the demos refuse bad input with a usage line, not a traceback (and --steps 0 is not "the default")
+    for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 16 image tokens"),
+                             ("sample.py", ["--prompt", "a purple circle"], "unknown colour 'purple'"),
+                             ("focus.py", ["--k", "9"], "need 1 <= --k <= --steps"),
+                             ("grpo.py", ["--group", "1"], "--group at least 2")]:
+        res = subprocess.run([sys.executable, script, "--ckpt", out, "--device", "cpu", *bad], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, (script, bad, res.stderr)
 
 
 def test_bad_flags_are_refused(capsys):
