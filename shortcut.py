@@ -251,7 +251,8 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
 @torch.no_grad()
 def step_distance_mse(shortcut, model, data, rows, max_d=4):
     """Held-out MSE (on positions masked at the target step) of features d steps ahead, from true base
-    features at step t: chained shortcut steps (fed the true committed tokens) vs the cache. -> {d: (sc, cache)}."""
+    features at step t: chained shortcut steps (fed the true committed tokens) vs the cache. -> {d: (sc, cache)}.
+    Pooled over every start step t: each masked entry counts once (train_shortcut's log averages per step)."""
     T = data["feats"].shape[0]
     out = {}
     for d in range(1, max_d + 1):
