@@ -6,6 +6,10 @@ Every Config field is a flag (`--rl-lr 1e-4`); `--preset tiny|cpu|gpu` picks the
 other flags override. A stage's checkpoint holds the fields its result depends on (its own and
 its inputs', STAGE_FIELDS); a rerun skips a stage whose checkpoint matches and stops with a
 message naming the fields when one does not (use --fresh, or --out for a separate folder).
+Pretraining and RL also snapshot their progress every `snapshot_secs` (<stage>.partial.pt: weights,
+optimiser, generator states), and the comparison after every run, so a rerun after a crash or a
+time limit goes on exactly where it stopped: the result is the same as a run that never stopped
+(metrics.jsonl may hold the steps between the snapshot and the crash twice).
 """
 
 import argparse
@@ -82,6 +86,7 @@ class Config:
     sc_unroll: int = 1  # training chains up to this many shortcut steps (1: the paper's one-step target)
     sc_uncond: str = "cache"  # cache: shortcut steps move only the conditional CFG branch | shortcut: both (paper)
     sc_bench_batch: int = 64  # latency is measured at this batch size
+    snapshot_secs: float = 60.0  # pretraining and RL snapshot their progress this often (a crash loses at most that)
 
 
 PRESETS = {
@@ -218,6 +223,43 @@ def save_stage(cfg, stage, payload):
     payload = dict(payload, config=stage_config(cfg, stage))
     save_atomic(payload, os.path.join(cfg.out, f"{stage}.pt"))
     return payload
+
+
+def load_progress(cfg, stage):
+    """An unfinished stage's last snapshot (out/<stage>.partial.pt) if it matches the config, else None."""
+    path = os.path.join(cfg.out, f"{stage}.partial.pt")
+    if cfg.fresh or not os.path.exists(path):
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck["config"] != stage_config(cfg, stage):
+        print(f"[{stage}] {path} was made with other settings: starting the stage over")
+        return None
+    print(f"[{stage}] resuming from its snapshot after {ck['done']} {ck['unit']}")
+    return ck
+
+
+def save_progress(cfg, stage, done, unit, **state):
+    """Atomically snapshot an unfinished stage: `done` steps (or updates, runs) and what resuming needs."""
+    save_atomic(dict(state, done=done, unit=unit, config=stage_config(cfg, stage)),
+                os.path.join(cfg.out, f"{stage}.partial.pt"))
+
+
+def snapshot(**parts):
+    """What resuming a loop needs: weights (a CPU copy), optimiser state, generator states."""
+    return {k: state_dict(v) if isinstance(v, torch.nn.Module) else v.state_dict() if hasattr(v, "state_dict")
+            else v.get_state() for k, v in parts.items()}
+
+
+def restore(snap, **parts):
+    """The inverse of snapshot: load each part's saved state into it."""
+    for k, v in parts.items():
+        (v.set_state if isinstance(v, torch.Generator) else v.load_state_dict)(snap[k])
+
+
+def drop_progress(cfg, stage):
+    path = os.path.join(cfg.out, f"{stage}.partial.pt")
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def log_metrics(cfg, **row):

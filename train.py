@@ -27,8 +27,8 @@ import report
 import rewards
 import world
 import shortcut
-from config import (load_stage, log_metrics, model_config, parse_config, pick_device, save_atomic, save_stage,
-                    stage_config, state_dict)
+from config import (drop_progress, load_progress, load_stage, log_metrics, model_config, parse_config, pick_device,
+                    restore, save_progress, save_stage, snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample, save_gif, trajectory_frames
 
@@ -82,8 +82,12 @@ def stage_pretrain(cfg, vq, dev):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     g_data = torch.Generator().manual_seed(cfg.seed + 2)  # scenes (CPU)
     g_mask = torch.Generator(dev).manual_seed(cfg.seed + 3)  # masks and prompt drop (on the device)
-    t0, losses = time.time(), []
-    bar = tqdm(range(cfg.pretrain_steps), desc="pretrain")
+    start, losses, t0 = 0, [], time.time()
+    if (snap := load_progress(cfg, "pretrain")) is not None:  # a crashed run: go on exactly where it stopped
+        start, losses, t0 = snap["done"], snap["losses"], t0 - snap["seconds"]
+        restore(snap, model=model, opt=opt, g_data=g_data, g_mask=g_mask)
+    t_snap = time.time()
+    bar = tqdm(range(start, cfg.pretrain_steps), desc="pretrain", initial=start, total=cfg.pretrain_steps)
     for step in bar:
         prompts = world.sample_prompts(cfg.batch_size, g_data)
         tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
@@ -99,10 +103,15 @@ def stage_pretrain(cfg, vq, dev):
         if step % 50 == 0 or step == cfg.pretrain_steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
             log_metrics(cfg, stage="pretrain", step=step, loss=losses[-1], seconds=round(time.time() - t0, 1))
+        if time.time() - t_snap >= cfg.snapshot_secs and step + 1 < cfg.pretrain_steps:
+            save_progress(cfg, "pretrain", step + 1, "steps", losses=losses, seconds=time.time() - t0,
+                          **snapshot(model=model, opt=opt, g_data=g_data, g_mask=g_mask))
+            t_snap = time.time()
     seconds = time.time() - t0
     ck = save_stage(cfg, "pretrain", dict(state=state_dict(model), params=n_params, seconds=seconds,
                                           first_loss=sum(losses[:20]) / len(losses[:20]),
                                           last_loss=sum(losses[-50:]) / len(losses[-50:])))
+    drop_progress(cfg, "pretrain")
     return model, ck
 
 
@@ -177,11 +186,17 @@ def stage_rl(cfg, model, vq, data, dev):
     if (ck := load_stage(cfg, "rl")) is not None:
         model.load_state_dict(ck["state"])
         return model, ck
-    ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 4)
+    ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 4)  # ref: the pretrained weights
     held, _ = eval_subset(cfg, data, cfg.compare_eval_prompts)
-    curve = [(0, held_out_accuracy(cfg, model, vq, held, dev))] if cfg.rl_eval_every else []
-    log, t0, eval_seconds = [], time.time(), 0.0
-    bar = tqdm(range(cfg.rl_updates), desc="rl")
+    start, log, t0, eval_seconds = 0, [], time.time(), 0.0
+    if (snap := load_progress(cfg, "rl")) is not None:  # a crashed run: go on exactly where it stopped
+        start, log, curve, eval_seconds = snap["done"], snap["log"], snap["curve"], snap["eval_seconds"]
+        t0 -= snap["seconds"]
+        restore(snap, model=model, opt=opt, g_prompts=g_prompts, g=g)
+    else:
+        curve = [(0, held_out_accuracy(cfg, model, vq, held, dev))] if cfg.rl_eval_every else []
+    t_snap = time.time()
+    bar = tqdm(range(start, cfg.rl_updates), desc="rl", initial=start, total=cfg.rl_updates)
     for u in bar:
         s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, cfg.rl_steps, cfg.rl_tokens, cfg.rl_routing)
         s = dict(update=u, seconds=round(time.time() - t0 - eval_seconds, 1), **s)
@@ -193,13 +208,19 @@ def stage_rl(cfg, model, vq, data, dev):
         log_metrics(cfg, stage="rl", **s)
         recent = log[-10:]
         bar.set_postfix(reward=f"{sum(x['reward'] for x in recent) / len(recent):.3f}", kl=f"{s['kl']:.4f}")
+        if time.time() - t_snap >= cfg.snapshot_secs and u + 1 < cfg.rl_updates:
+            save_progress(cfg, "rl", u + 1, "updates", log=log, curve=curve, eval_seconds=eval_seconds,
+                          seconds=time.time() - t0, **snapshot(model=model, opt=opt, g_prompts=g_prompts, g=g))
+            t_snap = time.time()
     series = {"rollout reward": [(x["update"], x["reward"]) for x in log]}
     if curve:
         series[f"held-out accuracy ({len(held)} prompts)"] = curve
     report.draw_curves(series, os.path.join(cfg.out, "rl_reward.png"), "RL: rollout reward per update",
                        smooth={"rollout reward": 10})
-    return model, save_stage(cfg, "rl", dict(state=state_dict(model), log=log, curve=curve,
-                                             seconds=time.time() - t0 - eval_seconds))
+    ck = save_stage(cfg, "rl", dict(state=state_dict(model), log=log, curve=curve,
+                                    seconds=time.time() - t0 - eval_seconds))
+    drop_progress(cfg, "rl")
+    return model, ck
 
 
 VARIANTS = [  # name, steps, tokens, routing (focus.rl_step's three switches)
@@ -234,15 +255,7 @@ def stage_compare(cfg, vq, data, dev):
     a time limit goes on from there (every run starts from the same weights and seeds: nothing changes)."""
     if (ck := load_stage(cfg, "compare")) is not None:
         return ck
-    partial, want = os.path.join(cfg.out, "compare.partial.pt"), stage_config(cfg, "compare")
-    runs = []
-    if not cfg.fresh and os.path.exists(partial):
-        ck = torch.load(partial, map_location="cpu", weights_only=False)
-        if ck["config"] == want:
-            runs = ck["runs"]
-            print(f"[compare] resuming: {len(runs)} runs already done")
-        else:
-            print(f"[compare] {partial} was made with other settings: starting the comparison over")
+    runs = snap["runs"] if (snap := load_progress(cfg, "compare")) is not None else []
     pre_state = torch.load(os.path.join(cfg.out, "pretrain.pt"), map_location="cpu", weights_only=False)["state"]
     n_up = cfg.compare_updates or cfg.rl_updates
     marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
@@ -270,7 +283,7 @@ def stage_compare(cfg, vq, data, dev):
                     curve.append((u + 1, acc(model)))
             runs.append(dict(variant=name, seed=seed, curve=curve, seconds=seconds, fwd=fwd / n_up,
                              score_fwd=score_fwd / n_up))
-            save_atomic(dict(runs=runs, config=want), partial)
+            save_progress(cfg, "compare", len(runs), "runs", runs=runs)
             log_metrics(cfg, stage="compare", **runs[-1])
             print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
     series = {}
@@ -280,7 +293,7 @@ def stage_compare(cfg, vq, data, dev):
     report.draw_curves(series, os.path.join(cfg.out, "compare.png"), "held-out accuracy vs RL updates (seed mean)")
     write_critical_steps(cfg, model, vq, dev)
     ck = save_stage(cfg, "compare", dict(runs=runs, updates=n_up, seeds=cfg.compare_seeds, n_eval=len(prompts)))
-    os.remove(partial)
+    drop_progress(cfg, "compare")
     return ck
 
 

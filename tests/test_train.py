@@ -194,7 +194,7 @@ def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train, "rl_update", real)
     capsys.readouterr()
     runs = train.main(args + ["--out", out])["compare"]["runs"]
-    assert "[compare] resuming: 1 runs already done" in capsys.readouterr().out
+    assert "[compare] resuming from its snapshot after 1 runs" in capsys.readouterr().out
     assert runs[0] == kept[0] and [r["variant"] for r in runs] == ["random k", "focus k"]
     assert [r["curve"] for r in runs] == [r["curve"] for r in whole]  # the same numbers as without the crash
     assert not os.path.exists(os.path.join(out, "compare.partial.pt"))
@@ -211,3 +211,38 @@ def test_rl_held_out_curve_leaves_the_rl_result_unchanged(tmp_path):
     for k, v in res[0]["state"].items():
         assert torch.equal(v, res[1]["state"][k]), k
     assert [x["reward"] for x in res[0]["log"]] == [x["reward"] for x in res[1]["log"]]
+
+
+@pytest.mark.parametrize("stage, crash_at", [("pretrain", 17), ("rl", 2)])
+def test_pretraining_and_rl_resume_from_a_snapshot(tmp_path, monkeypatch, capsys, stage, crash_at):
+    """A crash mid-stage keeps its last snapshot (--snapshot-secs 0: after every step); the rerun goes on
+    from there and ends with the same weights and logs as a run that never crashed."""
+    args = ["--preset", "tiny", "--sc-iters", "0", "--snapshot-secs", "0"]
+    whole = train.main(args + ["--out", str(tmp_path / "whole")])[stage]
+    out = str(tmp_path / "crash")
+    name = "maskgit_loss" if stage == "pretrain" else "rl_update"
+    real, calls = getattr(train, name), []
+
+    def crash(*a, **kw):
+        calls.append(1)
+        if len(calls) == crash_at + 1:
+            raise RuntimeError("simulated crash")
+        return real(*a, **kw)
+    monkeypatch.setattr(train, name, crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main(args + ["--out", out])
+    assert not os.path.exists(os.path.join(out, f"{stage}.pt"))
+    assert torch.load(os.path.join(out, f"{stage}.partial.pt"), weights_only=False)["done"] == crash_at
+    monkeypatch.setattr(train, name, real)
+    capsys.readouterr()
+    again = train.main(args + ["--out", out])[stage]
+    unit = "steps" if stage == "pretrain" else "updates"
+    assert f"[{stage}] resuming from its snapshot after {crash_at} {unit}" in capsys.readouterr().out
+    for k, v in whole["state"].items():
+        assert torch.equal(v, again["state"][k]), k
+    if stage == "rl":
+        assert [x["reward"] for x in again["log"]] == [x["reward"] for x in whole["log"]]
+        assert again["curve"] == whole["curve"]
+    else:
+        assert again["last_loss"] == whole["last_loss"]
+    assert not os.path.exists(os.path.join(out, f"{stage}.partial.pt"))
