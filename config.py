@@ -62,6 +62,7 @@ class Config:
     rl_lr: float = 1e-4
     rl_mu: int = 1  # inner updates per rollout batch
     rl_estimator: str = "remask"  # remask (MaskFocus) | replay | maskgrpo (its mask-ratio schedule; no steps chosen)
+    rl_mask_floor: float = 0.5  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999)
     rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; random ties it, README)
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; -4 points at T=16)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
@@ -115,7 +116,7 @@ STAGE_FIELDS = {
     "pretrain": ["d_model", "n_layers", "n_heads", "pretrain_steps", "batch_size", "lr", "warmup",
                  "weight_decay", "prompt_drop"],
     "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
-    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_steps", "rl_k",
+    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps", "rl_k",
            "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "clip_eps", "beta"],
     "eval_rl": [],
     "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
@@ -178,6 +179,8 @@ def parse_config(argv=None, description=None):
         ap.error("--compare needs --compare-updates (or --rl-updates) above 0")
     if cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay":
         ap.error("--rl-routing entropy changes the rollout policy; use it with --rl-estimator remask")
+    if not 0 <= cfg.rl_mask_floor < 1:
+        ap.error(f"--rl-mask-floor must be in [0, 1), got {cfg.rl_mask_floor}")
     if cfg.compare and cfg.rl_estimator == "maskgrpo":
         ap.error("--compare varies the scored steps, and --rl-estimator maskgrpo scores none; use remask or replay")
     return cfg

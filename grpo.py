@@ -19,7 +19,7 @@ function another project can copy.
 Simplified versus the paper (honest list):
   - no LoRA: the whole (small) model is trained;
   - the default estimator ("remask") is MaskFocus's, the mask count of a chosen sampling step;
-    MaskGRPO's ratio schedule is estimator="maskgrpo", with m = 0.5 fixed (the paper: 0.5-0.6);
+    MaskGRPO's ratio schedule is estimator="maskgrpo", m = mask_floor (0.5; the paper: 0.5-0.6);
   - the loss on a masked position is plain log-prob, with no 1/t ELBO weighting (as the paper);
   - rollouts default to MaskGIT confidence sampling in train.py (what evaluation uses, as
     MaskFocus does); MaskGRPO's stochastic sampler is sample(mode="stochastic"), measured in the
@@ -139,16 +139,16 @@ def policy_logp(model, traj, steps, estimator, masks):
 
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
-            estimator="remask", mu=1, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
+            estimator="remask", mu=1, mask_floor=0.5, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
             pick_tokens=None, weigh_tokens=None):
     """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
     (steps, cfg_scale, temperature, mode, token_temperature). `steps` is 'all', 'random' (k of
     them) or a callable traj -> a list of steps or a (B, S) tensor of steps per sample (focus.py);
-    estimator="maskgrpo" chooses no steps (its mu masks take their place). Optional hooks (focus.py):
-    pick_tokens(traj) -> (B, N) bool restricts the loss to those positions; weigh_tokens(logp, ref,
-    mask, traj) -> weights (B, S, N) for grpo_loss. Returns a dict of numbers to log."""
+    estimator="maskgrpo" chooses no steps (its mu masks, ratios from mask_floor, take their place).
+    Optional hooks (focus.py): pick_tokens(traj) -> (B, N) bool restricts the loss to those positions;
+    weigh_tokens(logp, ref, mask, traj) -> weights (B, S, N) for grpo_loss. Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
     tokens, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
@@ -156,7 +156,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     adv, flat = group_advantages(r, group_size)
     B, N = tokens.shape
     if estimator == "maskgrpo":
-        chosen, masks = None, ratio_masks(B, N, mu, generator, tokens.device)  # (B, mu, N)
+        chosen, masks = None, ratio_masks(B, N, mu, generator, tokens.device, mask_floor)  # (B, mu, N)
     else:
         chosen = steps(traj) if callable(steps) else choose_steps(traj.states.shape[0], steps, k, generator)
         chosen = step_index(chosen, B, tokens.device)  # (B, S): shared or per-sample steps alike

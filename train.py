@@ -165,7 +165,8 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
                               choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
                          steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq.codes,
                          per_sample=cfg.rl_per_sample,
-                         estimator=cfg.rl_estimator, mu=cfg.rl_mu, clip_eps=cfg.clip_eps, beta=cfg.beta, generator=g)
+                         estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor, clip_eps=cfg.clip_eps,
+                         beta=cfg.beta, generator=g)
 
 
 def rl_setup(cfg, model, dev, seed):

@@ -88,9 +88,9 @@ def test_remask_masks_exactly_the_steps_count():
 
 
 def test_ratio_masks_follow_maskgrpos_schedule():
-    """r_j = min(0.5 + 0.5 (j + 1)/mu, 0.999): mu=1 -> 0.999; mu=4 -> 0.625, 0.75, 0.875, 0.999."""
-    for mu, want in [(1, [0.999]), (4, [0.625, 0.75, 0.875, 0.999])]:
-        m = ratio_masks(2000, 64, mu, torch.Generator().manual_seed(0), "cpu")
+    """r_j = min(m + (1 - m)(j + 1)/mu, 0.999): m=0.5, mu=1 -> 0.999; mu=4 -> 0.625, 0.75, 0.875, 0.999."""
+    for mu, floor, want in [(1, 0.5, [0.999]), (4, 0.5, [0.625, 0.75, 0.875, 0.999]), (2, 0.6, [0.8, 0.999])]:
+        m = ratio_masks(2000, 64, mu, torch.Generator().manual_seed(0), "cpu", floor)
         assert m.shape == (2000, mu, 64) and m.dtype == torch.bool
         rate = m.float().mean((0, 2))
         assert torch.allclose(rate, torch.tensor(want), atol=0.005), rate
@@ -107,8 +107,10 @@ def test_maskgrpo_iteration_j_scores_mask_j(monkeypatch):
     monkeypatch.setattr(grpo, "remask_logp", lambda model, f, p, masks, mid: seen.append(masks) or real(model, f, p, masks, mid))
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), lambda tok: (tok == 3).float().mean(1),
-                     4, dict(steps=4, cfg_scale=0.0), estimator="maskgrpo", mu=3, generator=torch.Generator().manual_seed(0))
+                     4, dict(steps=4, cfg_scale=0.0), estimator="maskgrpo", mu=3, mask_floor=0.0,
+                     generator=torch.Generator().manual_seed(0))
     assert [tuple(x.shape) for x in seen] == [(8, 3, 16)] * 2 + [(8, 1, 16)] * 3
+    assert seen[0][:, 0].float().mean() < 0.6 < seen[0][:, 2].float().mean()  # m=0: ratios 1/3, 2/3, 0.999
     for j in range(3):
         assert torch.equal(seen[2 + j][:, 0], seen[0][:, j])
     assert s["scored_steps"] == 3 and s["score_fwd"] == 15 and s["skipped"] == 0

@@ -125,6 +125,7 @@ def test_bad_flags_are_refused(capsys):
     for bad, msg in [(["--sample-steps", "20"], "between 1 and the 16 image tokens"),
                      (["--sample-steps", "12", "--rl-k", "13"], "--rl-k must be between 1 and --sample-steps 12"),
                      (["--group-size", "1"], "at least 2"),
+                     (["--rl-mask-floor", "1"], "--rl-mask-floor must be in [0, 1)"),
                      (["--rl-routing", "entropy", "--rl-estimator", "replay"], "use it with --rl-estimator remask")]:
         with pytest.raises(SystemExit):
             config.parse_config(["--preset", "cpu", *bad])
