@@ -90,6 +90,8 @@ class Config:
     snapshot_secs: float = 60.0  # pretraining and RL snapshot their progress this often (a crash loses at most that)
 
 
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
 PRESETS = {
     "tiny": dict(image_size=32, fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
                  batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16,
@@ -213,7 +215,9 @@ def load_stage(cfg, stage):
         return None
     ck = torch.load(path, map_location="cpu", weights_only=False)
     want = stage_config(cfg, stage)
-    diff = {k: (ck["config"].get(k), v) for k, v in want.items() if ck["config"].get(k) != v}
+    # a field newer than the checkpoint counts as its default (what the code did before the field existed)
+    had = lambda k: ck["config"].get(k, DEFAULTS[k])
+    diff = {k: (had(k), v) for k, v in want.items() if had(k) != v}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise SystemExit(f"{path} was made with other settings ({lines}). "

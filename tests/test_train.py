@@ -247,3 +247,14 @@ def test_pretraining_and_rl_resume_from_a_snapshot(tmp_path, monkeypatch, capsys
     else:
         assert again["last_loss"] == whole["last_loss"]
     assert not os.path.exists(os.path.join(out, f"{stage}.partial.pt"))
+
+
+def test_a_checkpoint_older_than_a_field_matches_its_default(tmp_path):
+    """A field added after a checkpoint was written counts as its default there (the old behaviour)."""
+    cfg = config.parse_config(["--preset", "tiny", "--out", str(tmp_path)])
+    ck = config.save_stage(cfg, "rl", dict(state={}))
+    del ck["config"]["rl_mask_floor"]  # as written before --rl-mask-floor existed
+    config.save_atomic(ck, str(tmp_path / "rl.pt"))
+    assert config.load_stage(cfg, "rl") is not None
+    with pytest.raises(SystemExit, match="rl_mask_floor: checkpoint 0.5 vs now 0.6"):
+        config.load_stage(config.parse_config(["--preset", "tiny", "--out", str(tmp_path), "--rl-mask-floor", "0.6"]), "rl")
