@@ -101,6 +101,20 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     # the demos read the run's own settings: sampling from eval_pretrain.pt, RL from rl.pt (tiny: T=4, k=2)
     cfg = config.load_generator(out, torch.device("cpu"))[2]
     assert (cfg.sample_steps, cfg.rl_k, cfg.d_model) == (4, 2, config.PRESETS["tiny"]["d_model"])
+    # sample.py's two uses: a PNG and a GIF of the unmasking (T + 1 frames), and the images/s benchmark
+    res = subprocess.run([sys.executable, "sample.py", "--ckpt", out, "--n", "2", "--device", "cpu"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "accuracy" in res.stdout, res.stderr
+    from PIL import Image
+    assert Image.open(os.path.join(out, "sample.png")).size[0] > 0
+    assert Image.open(os.path.join(out, "sample.gif")).n_frames == cfg.sample_steps + 1
+    res = subprocess.run([sys.executable, "sample.py", "--ckpt", out, "--bench", "--batch", "4", "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and re.search(r"batch 4, T=4, cfg [\d.]+: [\d,.]+ images/s", res.stdout), res.stdout
+    # grpo.py's demo: a few updates on the finished run (the RL weights against the pretrained reference)
+    res = subprocess.run([sys.executable, "grpo.py", "--ckpt", out, "--updates", "2", "--prompts", "2", "--group", "2",
+                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and len(re.findall(r"update \d: reward [\d.]+ acc", res.stdout)) == 2, res.stderr
     # the demos refuse bad input with a usage line, not a traceback (and --steps 0 is not "the default")
     for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 16 image tokens"),
                              ("sample.py", ["--prompt", "a purple circle"], "unknown colour 'purple'"),
