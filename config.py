@@ -14,8 +14,10 @@ time limit goes on exactly where it stopped: the result is the same as a run tha
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +93,8 @@ class Config:
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+# --help shows each field's comment in the Config source above
+FIELD_NOTES = dict(re.findall(r"^    (\w+): \w+ = [^#\n]*# *(.*)$", inspect.getsource(Config), re.M))
 
 PRESETS = {
     "tiny": dict(image_size=32, fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
@@ -148,13 +152,13 @@ def parse_config(argv=None, description=None):
     """Config from the command line: --preset picks defaults, every other field is a flag that overrides."""
     ap = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
+        flag, note = "--" + f.name.replace("_", "-"), FIELD_NOTES.get(f.name, "").replace("%", "%%")
         if f.type is bool:
-            ap.add_argument(flag, action="store_true", help="(default off)")
+            ap.add_argument(flag, action="store_true", help=f"(default off) {note}")
         elif f.name in CHOICES:
-            ap.add_argument(flag, choices=CHOICES[f.name], default=None)
+            ap.add_argument(flag, choices=CHOICES[f.name], default=None, help=note)
         else:
-            ap.add_argument(flag, type=f.type, default=None, help=f"default {f.default} (or the preset's)")
+            ap.add_argument(flag, type=f.type, default=None, help=f"default {f.default} (or the preset's)" + (f": {note}" if note else ""))
     args = ap.parse_args(argv)  # unknown or ill-typed flags exit here with argparse's message
     preset = args.preset or "auto"
     if preset == "auto":

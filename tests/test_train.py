@@ -144,6 +144,9 @@ def test_bad_flags_are_refused(capsys):
         with pytest.raises(SystemExit):
             config.parse_config(["--preset", "cpu", *bad])
         assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --help explains each flag with its comment in Config
+        config.parse_config(["--help"])
+    assert "default 8 (or the preset's): samples per prompt (G)" in " ".join(capsys.readouterr().out.split())
     cfg = config.parse_config(["--preset", "tiny", "--pretrain-steps", "7", "--rl-updates", "0", "--beta", "0"])
     assert cfg.rl_updates == 0 and cfg.beta == 0.0  # zero is a value, not "flag absent"
     assert cfg.pretrain_steps == 7 and cfg.d_model == config.PRESETS["tiny"]["d_model"]
