@@ -24,8 +24,9 @@ count it is used at (train.py's sample_steps); the CFG branches share one shortc
 (each propagates its own features, the unconditional one sees the same committed tokens); no KV cache
 tricks in the base model. Changed from the paper: train.py samples with uncond="cache" (only the
 conditional branch takes the shortcut; the null-prompt branch keeps its last base features), which
-measured 1 to 3 points more accurate here, all of it on counting prompts (README); --sc-uncond shortcut
-is the paper's way.
+measured up to 3 points more accurate here, nearly all of it on counting prompts (README); --sc-uncond
+shortcut is the paper's way. (Exact features in one branch, predicted in the other, are worse than
+either: guidance needs both branches wrong alike; FINDINGS.md section 4.)
 """
 
 import argparse
