@@ -25,8 +25,8 @@ count it is used at (train.py's sample_steps); the CFG branches share one shortc
 tricks in the base model. Changed from the paper: train.py samples with uncond="cache" (only the
 conditional branch takes the shortcut; the null-prompt branch keeps its last base features), which
 measured up to 3 points more accurate here, nearly all of it on counting prompts (README); --sc-uncond
-shortcut is the paper's way. (Exact features in one branch and predicted ones in the other are worse
-than both: guidance needs the two branches wrong alike; FINDINGS.md section 4.)
+shortcut is the paper's way. (Exact features in the null-prompt branch, from an extra base call, did
+not help either: FINDINGS.md section 4.)
 """
 
 import argparse
