@@ -122,8 +122,8 @@ STAGE_FIELDS = {
     "pretrain": ["d_model", "n_layers", "n_heads", "pretrain_steps", "batch_size", "lr", "warmup",
                  "weight_decay", "prompt_drop"],
     "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
-    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps", "rl_k",
-           "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "clip_eps", "beta"],
+    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps",
+           "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "clip_eps", "beta"],
     "eval_rl": [],
     "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
                  "sc_bench_batch"],
@@ -158,7 +158,8 @@ def parse_config(argv=None, description=None):
         elif f.name in CHOICES:
             ap.add_argument(flag, choices=CHOICES[f.name], default=None, help=note)
         else:
-            ap.add_argument(flag, type=f.type, default=None, help=f"default {f.default} (or the preset's)" + (f": {note}" if note else ""))
+            default = f"default {f.default} (or the preset's)"
+            ap.add_argument(flag, type=f.type, default=None, help=f"{default}: {note}" if note else default)
     args = ap.parse_args(argv)  # unknown or ill-typed flags exit here with argparse's message
     preset = args.preset or "auto"
     if preset == "auto":
@@ -236,9 +237,13 @@ def save_stage(cfg, stage, payload):
     return payload
 
 
+def progress_path(cfg, stage):
+    return os.path.join(cfg.out, f"{stage}.partial.pt")
+
+
 def load_progress(cfg, stage):
     """An unfinished stage's last snapshot (out/<stage>.partial.pt) if it matches the config, else None."""
-    path = os.path.join(cfg.out, f"{stage}.partial.pt")
+    path = progress_path(cfg, stage)
     if cfg.fresh or not os.path.exists(path):
         return None
     ck = torch.load(path, map_location="cpu", weights_only=False)
@@ -251,8 +256,7 @@ def load_progress(cfg, stage):
 
 def save_progress(cfg, stage, done, unit, **state):
     """Atomically snapshot an unfinished stage: `done` steps (or updates, runs) and what resuming needs."""
-    save_atomic(dict(state, done=done, unit=unit, config=stage_config(cfg, stage)),
-                os.path.join(cfg.out, f"{stage}.partial.pt"))
+    save_atomic(dict(state, done=done, unit=unit, config=stage_config(cfg, stage)), progress_path(cfg, stage))
 
 
 def snapshot(**parts):
@@ -268,7 +272,8 @@ def restore(snap, **parts):
 
 
 def drop_progress(cfg, stage):
-    path = os.path.join(cfg.out, f"{stage}.partial.pt")
+    """The stage finished: its snapshot is no longer needed."""
+    path = progress_path(cfg, stage)
     if os.path.exists(path):
         os.remove(path)
 

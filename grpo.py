@@ -77,12 +77,13 @@ def remask_masks(traj, steps, mask_id, generator):
     return rank.transpose(0, 1) < n_masked[..., None]  # (B, S, N)
 
 
-def ratio_masks(B, N, mu, generator, device, floor=0.5):
+def ratio_masks(B, N, mu, generator, device, mask_floor=0.5):
     """(B, mu, N) bool, MaskGRPO's likelihood masks: in inner iteration j every image token is masked
-    i.i.d. with probability r_j = min(floor + (1 - floor)(j + 1)/mu, 0.999). With mu = 1 that is 0.999:
+    i.i.d. with probability r_j = min(m + (1 - m)(j + 1)/mu, 0.999), m = mask_floor. With mu = 1 that is 0.999:
     nearly the empty board, where each sample's first decisions are made. Draw once, reuse for old,
     reference and current log-probs (iteration j scores mask j only)."""
-    r = torch.tensor([min(floor + (1 - floor) * (j + 1) / mu, 0.999) for j in range(mu)], device=device)
+    m = mask_floor
+    r = torch.tensor([min(m + (1 - m) * (j + 1) / mu, 0.999) for j in range(mu)], device=device)
     return torch.rand(B, mu, N, generator=generator, device=device) < r[:, None]
 
 

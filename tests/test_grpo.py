@@ -86,7 +86,6 @@ def test_remask_masks_exactly_the_steps_count():
     assert lp.shape == (3, 3, 16) and (lp <= 0).all()
 
 
-
 def test_ratio_masks_follow_maskgrpos_schedule():
     """r_j = min(m + (1 - m)(j + 1)/mu, 0.999): m=0.5, mu=1 -> 0.999; mu=4 -> 0.625, 0.75, 0.875, 0.999."""
     for mu, floor, want in [(1, 0.5, [0.999]), (4, 0.5, [0.625, 0.75, 0.875, 0.999]), (2, 0.6, [0.8, 0.999])]:
