@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+import shortcut
+import world
 from model import MaskedTransformer, ModelConfig, VQCodebook
 
 
@@ -132,6 +134,17 @@ STAGE_FIELDS = {
 
 COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "compare_variants"]
 
+# the range every numeric field must lie in, checked before any work starts (a zero batch once trained nothing)
+RANGES = [
+    ("at least 1", lambda v: v >= 1, "patch fit_images d_model n_layers n_heads pretrain_steps batch_size eval_samples "
+     "eval_batch rl_prompts rl_mu compare_seeds compare_eval_prompts sc_batch sc_bench_batch"),
+    ("at least 2", lambda v: v >= 2, "codebook_size sc_prompts"),  # sc_prompts: a training and a validation split
+    ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates beta rl_eval_every "
+     "compare_updates sc_iters sc_width snapshot_secs"),
+    ("above 0", lambda v: v > 0, "lr temperature rl_lr clip_eps sc_lr"),
+    ("in [0, 1)", lambda v: 0 <= v < 1, "prompt_drop rl_mask_floor"),
+]
+
 
 def stage_config(cfg, stage):
     if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
@@ -169,10 +182,24 @@ def parse_config(argv=None, description=None):
     # None: flag not given; False: a store_true flag not given (0 and 0.0 are real values)
     overrides = {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "preset"}
     cfg = dataclasses.replace(cfg, **overrides)
+    flag = lambda name: "--" + name.replace("_", "-")
+    for what, ok, names in RANGES:
+        for name in names.split():
+            if not ok(getattr(cfg, name)):
+                ap.error(f"{flag(name)} must be {what}, got {getattr(cfg, name)}")
+    try:  # room for an object of a legal size on the grid
+        world.object_sizes(cfg.image_size, cfg.grid)
+    except ValueError as e:
+        ap.error(f"--image-size {cfg.image_size} with --grid {cfg.grid}: {e}")
     if cfg.image_size % cfg.patch:
         ap.error(f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}")
-    if cfg.eval_prompts % 4:
-        ap.error("--eval-prompts must be a multiple of 4 (balanced over the four categories)")
+    if cfg.d_model % cfg.n_heads:
+        ap.error(f"--d-model {cfg.d_model} must be a multiple of --n-heads {cfg.n_heads}")
+    if (cfg.sc_width or cfg.d_model // 2) % shortcut.N_HEADS:
+        ap.error(f"the shortcut's width ({cfg.sc_width or 'd_model/2'} = {cfg.sc_width or cfg.d_model // 2}) must be "
+                 f"a multiple of its {shortcut.N_HEADS} heads; set --sc-width")
+    if cfg.eval_prompts < 4 or cfg.eval_prompts % 4:
+        ap.error(f"--eval-prompts must be a positive multiple of 4 (balanced over the four categories), got {cfg.eval_prompts}")
     n_tokens = (cfg.image_size // cfg.patch) ** 2
     if not 1 <= cfg.sample_steps <= n_tokens:  # checked now, not after minutes of pretraining
         ap.error(f"--sample-steps must be between 1 and the {n_tokens} image tokens, got {cfg.sample_steps}")
@@ -186,8 +213,6 @@ def parse_config(argv=None, description=None):
         ap.error("--compare needs --compare-updates (or --rl-updates) above 0")
     if cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay":
         ap.error("--rl-routing entropy changes the rollout policy; use it with --rl-estimator remask")
-    if not 0 <= cfg.rl_mask_floor < 1:
-        ap.error(f"--rl-mask-floor must be in [0, 1), got {cfg.rl_mask_floor}")
     if cfg.compare and cfg.rl_estimator == "maskgrpo":
         ap.error("--compare varies the scored steps, and --rl-estimator maskgrpo scores none; use remask or replay")
     return cfg

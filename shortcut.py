@@ -55,12 +55,15 @@ def ratio_embedding(ratio, dim):
     return torch.cat([a.sin(), a.cos()], -1)
 
 
+N_HEADS = 4  # attention heads at the bottleneck width (which they must divide)
+
+
 class Shortcut(nn.Module):
     """forward(prev (B, N, D), new_emb (B, N, D), new_mask (B, N) bool, ratio (B,)) -> next features (B, N, D).
     new_emb: the base model's token + position embeddings of the current state (only the positions in
     new_mask, the tokens committed at the previous step, are attended to); ratio: masked fraction now."""
 
-    def __init__(self, d_model, width=None, n_heads=4, mlp_ratio=4):
+    def __init__(self, d_model, width=None, n_heads=N_HEADS, mlp_ratio=4):
         super().__init__()
         w = width or d_model // 2
         if w % n_heads:

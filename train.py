@@ -368,6 +368,8 @@ def write_trajectory_gif(cfg, model, vq, dev):
 
 def main(argv=None):
     cfg = parse_config(argv, __doc__)
+    if cfg.compare:
+        pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
     dev = pick_device(cfg.device)
     os.makedirs(cfg.out, exist_ok=True)
     t0 = time.time()

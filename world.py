@@ -161,14 +161,25 @@ def _centroid_drop(shape, s):
     return s / 6 if shape == "triangle" else 0.0
 
 
+def object_sizes(H, grid=1):
+    """The object sizes (pixels) allowed in an H x H image: between 1/4 and 3/8 of the side, multiples of grid."""
+    if H < 16:
+        raise ValueError(f"image_size must be >= 16, got {H}")
+    if grid < 1:
+        raise ValueError(f"grid must be at least 1, got {grid}")
+    lo, hi = MIN_SIZE * H, MAX_SIZE * H
+    sizes = [v for v in range(grid, H + 1, grid) if lo <= v <= hi]
+    if not sizes:
+        raise ValueError(f"no object size between {lo:g} and {hi:g} pixels is a multiple of grid={grid}")
+    return sizes
+
+
 def _place(objs, rel, H, generator, tries=1000, grid=1):
     """Random (cx, cy, size) per object: inside the image, boxes >= gap apart, relation held.
     grid > 1 snaps sizes and box corners to multiples of grid pixels."""
     gap = max(2.0, H / 16)
     lo, hi = MIN_SIZE * H, MAX_SIZE * H
-    sizes = [v for v in range(grid, H + 1, grid) if lo <= v <= hi]
-    if not sizes:
-        raise ValueError(f"no object size between {lo} and {hi} is a multiple of grid={grid}")
+    sizes = object_sizes(H, grid)
     for attempt in range(tries):
         shrink = 1.0 - 0.5 * attempt / tries  # crowded scenes get smaller sizes as attempts fail
         u = torch.rand(len(objs), 3, generator=generator).tolist()
@@ -242,8 +253,7 @@ def render(prompts, image_size, generator, antialias=False, grid=1, device=None)
     far faster (train.py uses grid = patch). Placement draws from `generator` (CPU); the pixels are
     drawn on `device` (train.py renders its training batches straight onto the GPU)."""
     H = image_size
-    if H < 16:
-        raise ValueError(f"image_size must be >= 16, got {H}")
+    object_sizes(H, grid)  # refuses a size or grid with no room for an object before any work
     img_idx, colors, shapes, cxs, cys, sizes = [], [], [], [], [], []
     for b, p in enumerate(prompts):
         _, objs, rel = parse_prompt(p)

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import re
 import subprocess
@@ -125,6 +126,22 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
         assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, (script, bad, res.stderr)
 
 
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(config.Config)
+                                   if f.type in (int, float) and f.name != "seed"])
+def test_every_numeric_flag_refuses_a_negative_value(field, capsys):
+    """A value out of range stops the run at once, naming the flag (a batch size of 0 once ran to the end)."""
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(SystemExit) as e:
+        config.parse_config(["--preset", "tiny", flag, "-1"])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_a_bad_variant_list_stops_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match="--compare-variants takes comma-separated indices 0-4, got '9'"):
+        train.main(["--preset", "tiny", "--out", str(tmp_path / "run"), "--compare", "--compare-variants", "9"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_flags_are_refused(capsys):
     with pytest.raises(SystemExit):
         config.parse_config(["--no-such-flag", "1"])
@@ -141,6 +158,13 @@ def test_bad_flags_are_refused(capsys):
                      (["--group-size", "1"], "at least 2"),
                      (["--rl-mask-floor", "1"], "--rl-mask-floor must be in [0, 1)"),
                      (["--rl-routing", "entropy", "--rl-estimator", "replay"], "use it with --rl-estimator remask")]:
+        with pytest.raises(SystemExit):
+            config.parse_config(["--preset", "cpu", *bad])
+        assert msg in capsys.readouterr().err
+    for bad, msg in [(["--d-model", "36", "--n-heads", "8"], "--d-model 36 must be a multiple of --n-heads 8"),
+                     (["--d-model", "36", "--n-heads", "4"], "must be a multiple of its 4 heads; set --sc-width"),
+                     (["--grid", "7"], "no object size between 8 and 12 pixels is a multiple of grid=7"),
+                     (["--eval-prompts", "0"], "--eval-prompts must be a positive multiple of 4")]:
         with pytest.raises(SystemExit):
             config.parse_config(["--preset", "cpu", *bad])
         assert msg in capsys.readouterr().err
