@@ -278,6 +278,12 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/world.png")
     args = ap.parse_args()
+    if args.n < 1:
+        ap.error(f"--n must be at least 1, got {args.n}")
+    try:
+        object_sizes(args.image_size, args.grid)
+    except ValueError as e:
+        ap.error(str(e))
     import os
     from report import save_grid
     g = torch.Generator().manual_seed(args.seed)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -39,3 +43,14 @@ def test_token_aligned_objects_sit_on_the_grid():
     for cat, objs, rel in map(W.parse_prompt, W.sample_prompts(200, g)):
         for cx, cy, s in W._place(objs, rel, 32, g, grid=8):
             assert s == 8 and (cx - s / 2) % 8 == 0 and (cy - s / 2) % 8 == 0
+
+
+def test_the_world_demos_refuse_bad_input():
+    """world.py, rewards.py and model.py answer bad sizes with a usage line, not a traceback."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for script, bad, msg in [("world.py", ["--n", "0"], "--n must be at least 1"),
+                             ("rewards.py", ["--image-size", "30", "--grid", "7"], "is a multiple of grid=7"),
+                             ("model.py", ["--patch", "7"], "--image-size 32 must be a multiple of --patch 7"),
+                             ("model.py", ["--codebook-size", "1"], "--codebook-size at least 2")]:
+        res = subprocess.run([sys.executable, script, *bad], cwd=root, capture_output=True, text=True)
+        assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, (script, bad, res.stderr)
