@@ -25,8 +25,8 @@ from tqdm import tqdm
 import focus
 import report
 import rewards
-import world
 import shortcut
+import world
 from config import (drop_progress, load_progress, load_stage, log_metrics, model_config, parse_config, pick_device,
                     restore, save_progress, save_stage, snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
