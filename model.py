@@ -270,14 +270,11 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import rewards
-    if min(args.n, args.fit_images, args.patch) < 1 or args.codebook_size < 2:
-        ap.error("--n, --fit-images and --patch must be at least 1 and --codebook-size at least 2")
+    world.refuse_bad_scene_args(ap, args)
+    if min(args.fit_images, args.patch) < 1 or args.codebook_size < 2:
+        ap.error("--fit-images and --patch must be at least 1 and --codebook-size at least 2")
     if args.image_size % args.patch:
         ap.error(f"--image-size {args.image_size} must be a multiple of --patch {args.patch}")
-    try:
-        world.object_sizes(args.image_size, args.grid)
-    except ValueError as e:
-        ap.error(str(e))
     g = torch.Generator().manual_seed(args.seed)
     train = world.render(world.sample_prompts(args.fit_images, g), args.image_size, g, grid=args.grid)
     vq = VQCodebook.fit(train, args.codebook_size, args.patch, g, progress=True)

@@ -296,13 +296,8 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="out/rewards_grid.png")
     args = ap.parse_args()
     import os
-    from world import object_sizes, perturb_prompt, render, sample_prompts
-    if args.n < 1:
-        ap.error(f"--n must be at least 1, got {args.n}")
-    try:
-        object_sizes(args.image_size, args.grid)
-    except ValueError as e:
-        ap.error(str(e))
+    from world import perturb_prompt, refuse_bad_scene_args, render, sample_prompts
+    refuse_bad_scene_args(ap, args)
     g = torch.Generator().manual_seed(args.seed)
     prompts = sample_prompts(args.n, g)
     t0 = time.perf_counter()

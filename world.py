@@ -174,6 +174,16 @@ def object_sizes(H, grid=1):
     return sizes
 
 
+def refuse_bad_scene_args(ap, args):
+    """For the demos: args.n, args.image_size and args.grid must draw a scene, else argparse's usage error."""
+    if args.n < 1:
+        ap.error(f"--n must be at least 1, got {args.n}")
+    try:
+        object_sizes(args.image_size, args.grid)
+    except ValueError as e:
+        ap.error(str(e))
+
+
 def _place(objs, rel, H, generator, tries=1000, grid=1):
     """Random (cx, cy, size) per object: inside the image, boxes >= gap apart, relation held.
     grid > 1 snaps sizes and box corners to multiples of grid pixels."""
@@ -278,12 +288,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/world.png")
     args = ap.parse_args()
-    if args.n < 1:
-        ap.error(f"--n must be at least 1, got {args.n}")
-    try:
-        object_sizes(args.image_size, args.grid)
-    except ValueError as e:
-        ap.error(str(e))
+    refuse_bad_scene_args(ap, args)
     import os
     from report import save_grid
     g = torch.Generator().manual_seed(args.seed)
