@@ -161,18 +161,23 @@ def stage_config(cfg, stage):
 # CLI, device, checkpoints
 
 
+def flag(name):
+    """A Config field's command-line flag: rl_lr -> --rl-lr."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_config(argv=None, description=None):
     """Config from the command line: --preset picks defaults, every other field is a flag that overrides."""
     ap = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
-        flag, note = "--" + f.name.replace("_", "-"), FIELD_NOTES.get(f.name, "").replace("%", "%%")
+        opt, note = flag(f.name), FIELD_NOTES.get(f.name, "").replace("%", "%%")
         if f.type is bool:
-            ap.add_argument(flag, action="store_true", help=f"(default off) {note}")
+            ap.add_argument(opt, action="store_true", help=f"(default off) {note}")
         elif f.name in CHOICES:
-            ap.add_argument(flag, choices=CHOICES[f.name], default=None, help=note)
+            ap.add_argument(opt, choices=CHOICES[f.name], default=None, help=note)
         else:
             default = f"default {f.default} (or the preset's)"
-            ap.add_argument(flag, type=f.type, default=None, help=f"{default}: {note}" if note else default)
+            ap.add_argument(opt, type=f.type, default=None, help=f"{default}: {note}" if note else default)
     args = ap.parse_args(argv)  # unknown or ill-typed flags exit here with argparse's message
     preset = args.preset or "auto"
     if preset == "auto":
@@ -182,7 +187,6 @@ def parse_config(argv=None, description=None):
     # None: flag not given; False: a store_true flag not given (0 and 0.0 are real values)
     overrides = {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "preset"}
     cfg = dataclasses.replace(cfg, **overrides)
-    flag = lambda name: "--" + name.replace("_", "-")
     for what, ok, names in RANGES:
         for name in names.split():
             if not ok(getattr(cfg, name)):
@@ -195,9 +199,9 @@ def parse_config(argv=None, description=None):
         ap.error(f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}")
     if cfg.d_model % cfg.n_heads:
         ap.error(f"--d-model {cfg.d_model} must be a multiple of --n-heads {cfg.n_heads}")
-    if (cfg.sc_width or cfg.d_model // 2) % shortcut.N_HEADS:
-        ap.error(f"the shortcut's width ({cfg.sc_width or 'd_model/2'} = {cfg.sc_width or cfg.d_model // 2}) must be "
-                 f"a multiple of its {shortcut.N_HEADS} heads; set --sc-width")
+    sc_width = cfg.sc_width or cfg.d_model // 2  # 0: half the model width, as shortcut.Shortcut
+    if sc_width % shortcut.N_HEADS:
+        ap.error(f"the shortcut's width {sc_width} must be a multiple of its {shortcut.N_HEADS} heads; set --sc-width")
     if cfg.eval_prompts < 4 or cfg.eval_prompts % 4:
         ap.error(f"--eval-prompts must be a positive multiple of 4 (balanced over the four categories), got {cfg.eval_prompts}")
     n_tokens = (cfg.image_size // cfg.patch) ** 2
