@@ -105,9 +105,8 @@ PRESETS = {
                  sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
     "cpu": dict(),  # the Config defaults
     # not yet run on a GPU: the same 4x4 board of token-sized objects at 64x64 (16x16 patches), a wider
-    # model, larger batches. Run on the CPU (README): 400 pretraining steps give 47.7%, where colour-shape
-    # binding has begun, and RL lifts that to 78.5% (seeds 1, 2, no binding yet: 49.0% -> 72.0%, 64.5% -> 75.4%;
-    # 300 steps: no binding, RL stops at 70.7%; 500: 61.8% -> 81.2%)
+    # model, larger batches. 400 pretraining steps is where colour-shape binding begins, so which side of it a
+    # seed lands on sets RL's lift (run on the CPU, three seeds: +30.8 / +23.0 / +10.9; FINDINGS.md, section 5)
     "gpu": dict(image_size=64, patch=16, grid=16, d_model=256, n_layers=6, n_heads=8, pretrain_steps=400,
                 batch_size=256, lr=1.5e-3, warmup=100, eval_batch=1200, rl_prompts=32, compare_eval_prompts=400,
                 sc_prompts=1024, sc_bench_batch=256),
