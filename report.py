@@ -128,7 +128,8 @@ def speed_table_lines(table):
     cats = [c for c in world.CATEGORIES if c in table[0]]
     head = "| sampler | steps | base calls | ms / image | speed-up | accuracy | " + "".join(f"{c} | " for c in cats)
     lines = [head + "quality FD |", "| --- " * (7 + len(cats)) + "|"]
-    return lines + [f"| {r['kind']} | {r['steps']} | {r['budget']} | {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
+    return lines + [f"| {r['kind']} | {r['steps']} | {r['budget']}{' at ' + ','.join(map(str, r['calls'])) if 'calls' in r else ''} "
+                    f"| {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
                     f"| {r['accuracy']:.1%} | " + "".join(f"{r[c]:.1%} | " for c in cats) + f"{r['quality']:.3f} |"
                     for r in table]
 
@@ -185,6 +186,10 @@ def write_report(cfg, dev, vq_mse, res):
                   "| steps ahead | shortcut MSE | cache MSE |", "| --- | --- | --- |"]
         lines += [f"| {d} | {a:.3g} | {b:.3g} |" for d, (a, b) in sc["distance"].items()]
         bench_dev = sc.get("device", str(dev))  # where the latencies were measured
+        if "drift" in sc:
+            lines += ["", "Rows whose base calls are listed (`at 0,...`) place them by `shortcut.drift_steps` (not the paper): "
+                      "each stretch between calls holds an equal share of the base features' step-to-step drift, here "
+                      + " / ".join(f"{d:.3g}" for d in sc["drift"]) + " (steps 0->1 to the end)."]
         lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{bench_dev}` "
                   f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 5 rounds "
                   f"that time every row in turn); accuracy and quality "

@@ -12,6 +12,8 @@ sampling step to the next, so most steps can skip the base model.
                         several shortcut steps per example (not in the paper; README: it lowers the
                         MSE, not the error rate)
   budget_steps          which steps call the base model: 0 and round(N k / B), k = 1..B-1
+  drift_steps           not in the paper: B calls placed so that each stretch between them holds an
+                        equal share of the base features' step-to-step drift (feature_drift)
   sample_with_shortcut  base calls on those steps, shortcut (or the feature cache) in between;
                         the base head turns features into logits; sample.sample_step does the rest,
                         so sampling rule and generator use are exactly sample.sample's
@@ -26,7 +28,9 @@ tricks in the base model. Changed from the paper: train.py samples with uncond="
 conditional branch takes the shortcut; the null-prompt branch keeps its last base features), which
 measured up to 3 points more accurate here, nearly all of it on counting prompts (README); --sc-uncond
 shortcut is the paper's way. (Exact features in the null-prompt branch, from an extra base call, did
-not help either: FINDINGS.md section 4.)
+not help either: FINDINGS.md section 4.) Added: train.py's table also has rows with drift_steps' calls
+beside the paper's even ones (on the GPU preset's RL model, whose features move most in the first steps,
+they were up to 1.9 points more accurate at the same number of calls; README).
 """
 
 import argparse
@@ -128,12 +132,39 @@ def budget_steps(N, B):
     return [0] + [round(N * k / B) for k in range(1, B)]
 
 
+def feature_drift(data, mask_id):
+    """(T-1,): how far the base features move from step t to t+1 (mean squared change on the positions still
+    masked at t+1), over all of collect()'s trajectories: the feature cache's one-step error, per step."""
+    out = []
+    for t in range(data["feats"].shape[0] - 1):
+        m = (data["states"][t + 1] == mask_id)[..., None].float()  # (cP, N, 1)
+        d = ((data["feats"][t + 1].float() - data["feats"][t].float()) ** 2 * m).sum()
+        out.append(d.item() / max(m.sum().item() * data["feats"].shape[-1], 1.0))
+    return out
+
+
+def drift_steps(drift, B):
+    """Not the paper (budget_steps spaces the calls evenly in steps): B base calls, 0 and then for k = 1..B-1 the
+    first step by which k/B of the total drift has happened, so each stretch of shortcut steps covers an equal
+    share of the features' movement (kept strictly increasing). drift (T-1,) from feature_drift -> B steps."""
+    T = len(drift) + 1
+    if not 1 <= B <= T:
+        raise ValueError(f"need 1 <= budget <= steps, got budget={B}, steps={T}")
+    before = torch.tensor([0.0, *drift]).cumsum(0)  # (T,): drift that happened before step t
+    calls = [0]
+    for k in range(1, B):
+        s = int(torch.searchsorted(before, before[-1] * k / B))  # first t with before[t] >= k/B of the total
+        calls.append(min(max(s, calls[-1] + 1), T - B + k))  # room for the calls still to place
+    return calls
+
+
 @torch.no_grad()
 def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0.0, temperature=1.0,
                          choice_temperature=4.5, mode="confidence", generator=None, cache=False, record=False,
                          uncond="shortcut"):
-    """Like sample.sample, but only the budget_steps(steps, budget) call the base model; the other steps take
-    the shortcut's predicted features (cache=True: the last base features unchanged). budget == steps is
+    """Like sample.sample, but only the budget_steps(steps, budget) call the base model (budget a list: those
+    steps, e.g. drift_steps); the other steps take the shortcut's predicted features (cache=True: the last base
+    features unchanged). budget == steps is
     exactly sample.sample. uncond="cache": with CFG, only the conditional branch takes the shortcut and the
     null-prompt branch keeps its last base features (not the paper, which propagates both; README: it
     measured better). record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
@@ -141,7 +172,9 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
         raise ValueError(f"uncond must be 'shortcut' or 'cache', got {uncond!r}")
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     counts = mask_counts(steps, N)
-    calls = set(budget_steps(steps, budget))
+    calls = set(budget) if isinstance(budget, (list, tuple)) else set(budget_steps(steps, budget))
+    if 0 not in calls or not calls <= set(range(steps)):
+        raise ValueError(f"the base-model steps must include 0 and lie in [0, {steps}), got {sorted(calls)}")
     state = torch.full((B, N), model.mask_id, dtype=torch.long, device=prompt_ids.device)
     c = 2 if cfg_scale else 1
     feats = committed = None
@@ -301,7 +334,8 @@ def time_interleaved(fns, device, rounds=5):
 
 
 def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):
-    """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut. score(tokens) -> a dict of
+    """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut, budget a number of base calls or
+    a list of the steps that make them (the row then has budget = its length and calls). score(tokens) -> a dict of
     metrics (train.py: accuracy, per category, quality) that joins the row. Latency per image at batch
     bench_batch (time_interleaved); the metrics on all of prompt_ids. -> rows."""
     dev = prompt_ids.device
@@ -315,7 +349,8 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
     for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
         g = torch.Generator(dev).manual_seed(seed)
         tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
-        rows.append(dict(kind=kind, steps=steps, budget=budget, ms_per_image=1000 * sec / len(bench_ids),
+        listed = dict(budget=len(budget), calls=list(budget)) if isinstance(budget, (list, tuple)) else dict(budget=budget)
+        rows.append(dict(kind=kind, steps=steps, **listed, ms_per_image=1000 * sec / len(bench_ids),
                          **score(tokens)))
     ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
     for r in rows:

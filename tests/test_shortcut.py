@@ -122,3 +122,39 @@ def test_uncond_cache_moves_only_the_conditional_branch():
     assert torch.allclose(rec["feats"][2, 3:], rec["feats"][0, 3:] + 0.2, atol=1e-5)  # the paper's way: both move
     with pytest.raises(ValueError):
         sc.sample_with_shortcut(model, net, ids, 6, 2, uncond="skip")
+
+
+def test_drift_steps_small_cases():
+    assert sc.drift_steps([1.0] * 15, 4) == sc.budget_steps(16, 4) == [0, 4, 8, 12]  # even drift: even calls
+    assert sc.drift_steps([1.0] * 15, 16) == list(range(16))
+    assert sc.drift_steps([8.0, 4, 2, 1, 1], 3) == [0, 1, 2]  # 16 in all: a third is passed by step 1, two by 2
+    assert sc.drift_steps([8.0, 4, 2, 1, 1], 2) == [0, 1]
+    assert sc.drift_steps([100.0, 0, 0, 0, 0], 4) == [0, 1, 2, 3]  # all at once: the calls stay distinct
+    assert sc.drift_steps([0.0, 0, 0, 0, 100], 3) == [0, 4, 5]  # all at the end: room left for the last call
+    for bad in (0, 7):
+        with pytest.raises(ValueError):
+            sc.drift_steps([1.0] * 5, bad)
+
+
+def test_feature_drift_is_the_per_step_squared_change_on_masked_positions():
+    T, P, N, D = 4, 3, 5, 2
+    steps = torch.tensor([0.0, 1.0, 3.0, 4.0])  # features move by 1, 2, 1 in every entry
+    states = torch.full((T, P, N), 7)
+    states[:, :, 0] = 1  # position 0 is never masked: its (huge) change must not count
+    feats = steps.view(T, 1, 1, 1).expand(T, P, N, D).clone()
+    feats[:, :, 0] = torch.arange(T).view(T, 1, 1) * 100.0
+    assert sc.feature_drift(dict(feats=feats, states=states), mask_id=7) == [1.0, 4.0, 1.0]
+
+
+def test_budget_as_a_list_of_steps():
+    model, net = tiny_model(), sc.Shortcut(32)
+    with torch.no_grad():
+        net.out.bias.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))  # a large delta
+    ids = encode_prompts(PROMPTS)
+    run = lambda budget: sc.sample_with_shortcut(model, net, ids, 6, budget, cfg_scale=2.0,
+                                                 generator=torch.Generator().manual_seed(7))
+    assert torch.equal(run([0, 3]), run(2)) and torch.equal(run(list(range(6))), run(6))
+    assert not torch.equal(run([0, 1]), run([0, 3]))  # where the calls are changes the samples
+    for bad in ([1, 3], [0, 6]):
+        with pytest.raises(ValueError):
+            run(bad)
