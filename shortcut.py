@@ -135,12 +135,9 @@ def budget_steps(N, B):
 def feature_drift(data, mask_id):
     """(T-1,): how far the base features move from step t to t+1 (mean squared change on the positions still
     masked at t+1), over all of collect()'s trajectories: the feature cache's one-step error, per step."""
-    out = []
-    for t in range(data["feats"].shape[0] - 1):
-        m = (data["states"][t + 1] == mask_id)[..., None].float()  # (cP, N, 1)
-        d = ((data["feats"][t + 1].float() - data["feats"][t].float()) ** 2 * m).sum()
-        out.append(d.item() / max(m.sum().item() * data["feats"].shape[-1], 1.0))
-    return out
+    every = slice(None)  # all rows
+    return [masked_mse(data["feats"][t].float(), data, t + 1, every, mask_id).item()
+            for t in range(data["feats"].shape[0] - 1)]
 
 
 def drift_steps(drift, B):
@@ -164,10 +161,9 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
                          uncond="shortcut"):
     """Like sample.sample, but only the budget_steps(steps, budget) call the base model (budget a list: those
     steps, e.g. drift_steps); the other steps take the shortcut's predicted features (cache=True: the last base
-    features unchanged). budget == steps is
-    exactly sample.sample. uncond="cache": with CFG, only the conditional branch takes the shortcut and the
-    null-prompt branch keeps its last base features (not the paper, which propagates both; README: it
-    measured better). record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
+    features unchanged). budget == steps is exactly sample.sample. uncond="cache": with CFG, only the
+    conditional branch takes the shortcut and the null-prompt branch keeps its last base features (not the
+    paper, which propagates both; README: it measured better). record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
     if uncond not in ("shortcut", "cache"):
         raise ValueError(f"uncond must be 'shortcut' or 'cache', got {uncond!r}")
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
