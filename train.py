@@ -347,7 +347,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
         acc = rewards.accuracy_report(rewards.reward(images, prompts), prompts)
         return dict(accuracy=acc.pop("overall"), **acc, quality=rewards.quality(images, ref))
 
-    budgets = sorted({max(2, T // 4), T // 3, T // 2})
+    budgets = sorted({max(2, T // 4), T // 3, 3 * T // 8, T // 2})  # T=16: 4, 5, 6, 8 base calls
     configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]
                + [("shortcut", T, b) for b in budgets]  # and the drift-spaced calls where they differ from even ones
                + [("shortcut", T, c) for b in budgets if (c := shortcut.drift_steps(drift, b)) != shortcut.budget_steps(T, b)])
