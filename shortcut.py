@@ -12,6 +12,7 @@ sampling step to the next, so most steps can skip the base model.
                         several shortcut steps per example (not in the paper; README: it lowers the
                         MSE, not the error rate)
   budget_steps          which steps call the base model: 0 and round(N k / B), k = 1..B-1
+  call_steps            a budget (a number, or a list of steps) -> the steps, checked
   drift_steps           not in the paper: B calls placed so that each stretch between them holds an
                         equal share of the base features' step-to-step drift (feature_drift)
   sample_with_shortcut  base calls on those steps, shortcut (or the feature cache) in between;
@@ -132,6 +133,15 @@ def budget_steps(N, B):
     return [0] + [round(N * k / B) for k in range(1, B)]
 
 
+def call_steps(steps, budget):
+    """The steps that call the base model: budget_steps(steps, budget) for a number, the list itself for a list
+    (e.g. drift_steps), checked to start at step 0 and lie inside the run."""
+    calls = list(budget) if isinstance(budget, (list, tuple)) else budget_steps(steps, budget)
+    if 0 not in calls or not set(calls) <= set(range(steps)):
+        raise ValueError(f"the base-model steps must include 0 and lie in [0, {steps}), got {sorted(calls)}")
+    return calls
+
+
 def feature_drift(data, mask_id):
     """(T-1,): how far the base features move from step t to t+1 (mean squared change on the positions still
     masked at t+1), over all of collect()'s trajectories: the feature cache's one-step error, per step."""
@@ -159,18 +169,17 @@ def drift_steps(drift, B):
 def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0.0, temperature=1.0,
                          choice_temperature=4.5, mode="confidence", generator=None, cache=False, record=False,
                          uncond="shortcut"):
-    """Like sample.sample, but only the budget_steps(steps, budget) call the base model (budget a list: those
-    steps, e.g. drift_steps); the other steps take the shortcut's predicted features (cache=True: the last base
-    features unchanged). budget == steps is exactly sample.sample. uncond="cache": with CFG, only the
-    conditional branch takes the shortcut and the null-prompt branch keeps its last base features (not the
-    paper, which propagates both; README: it measured better). record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
+    """Like sample.sample, but only the call_steps(steps, budget) call the base model (budget a number: evenly
+    spaced, budget_steps; a list: those steps, e.g. drift_steps); the other steps take the shortcut's predicted
+    features (cache=True: the last base features unchanged). budget == steps is exactly sample.sample.
+    uncond="cache": with CFG, only the conditional branch takes the shortcut and the null-prompt branch keeps
+    its last base features (not the paper, which propagates both; README: it measured better).
+    record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
     if uncond not in ("shortcut", "cache"):
         raise ValueError(f"uncond must be 'shortcut' or 'cache', got {uncond!r}")
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     counts = mask_counts(steps, N)
-    calls = set(budget) if isinstance(budget, (list, tuple)) else set(budget_steps(steps, budget))
-    if 0 not in calls or not calls <= set(range(steps)):
-        raise ValueError(f"the base-model steps must include 0 and lie in [0, {steps}), got {sorted(calls)}")
+    calls = set(call_steps(steps, budget))
     state = torch.full((B, N), model.mask_id, dtype=torch.long, device=prompt_ids.device)
     c = 2 if cfg_scale else 1
     feats = committed = None
@@ -345,9 +354,10 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
     for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
         g = torch.Generator(dev).manual_seed(seed)
         tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
-        listed = dict(budget=len(budget), calls=list(budget)) if isinstance(budget, (list, tuple)) else dict(budget=budget)
-        rows.append(dict(kind=kind, steps=steps, **listed, ms_per_image=1000 * sec / len(bench_ids),
-                         **score(tokens)))
+        calls = call_steps(steps, budget)
+        listed = dict(calls=calls) if calls != budget_steps(steps, len(calls)) else {}  # only where not even
+        rows.append(dict(kind=kind, steps=steps, budget=len(calls), **listed,
+                         ms_per_image=1000 * sec / len(bench_ids), **score(tokens)))
     ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
     for r in rows:
         r["speedup"] = ref / r["ms_per_image"]
