@@ -49,6 +49,13 @@ def mask_schedule(t, T, N):
     return mask_counts(T, N)[t]
 
 
+def commit_counts(T, N):
+    """Tokens the confidence sampler commits at each step t = 0..T-1 (they sum to N). Known in advance, so
+    sample_step never has to ask the device how many tokens are still masked (a host sync per step)."""
+    left = [N] + mask_counts(T, N)
+    return [a - b for a, b in zip(left, left[1:])]
+
+
 @dataclass
 class Trajectory:
     """What happened at every step t of a sampling run (T steps, B samples, N tokens, D features).
@@ -108,9 +115,11 @@ def gumbel(shape, generator, device):
     return -torch.log(-torch.log(u))
 
 
-def sample_step(logits, state, mask_id, t, T, n_masked_after, mode, choice_temperature, generator,
+def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature, generator,
                 temperature=1.0, token_temperature=None):
-    """One decoding step from guided logits (B, N, K). Returns new state, committed, tokens, logp, entropy."""
+    """One decoding step from guided logits (B, N, K). n_commit: how many tokens "confidence" commits in
+    every row (commit_counts(T, N)[t]; "stochastic" ignores it). Returns new state, committed, tokens, logp,
+    entropy."""
     masked = state == mask_id  # (B, N)
     logits = logits / temperature
     if token_temperature is not None:
@@ -124,7 +133,6 @@ def sample_step(logits, state, mask_id, t, T, n_masked_after, mode, choice_tempe
         r = (t + 1) / T
         conf = logp + choice_temperature * (1 - r) * gumbel(logp.shape, generator, logits.device)
         conf = conf.masked_fill(~masked, -math.inf)  # known positions are never re-committed
-        n_commit = int(masked[0].sum()) - n_masked_after
         idx = conf.topk(n_commit, dim=1).indices
         committed = torch.zeros_like(masked).scatter_(1, idx, True)
     elif mode == "stochastic":
@@ -142,14 +150,14 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
     """Generate (B, N) tokens for prompt_ids (B, L). record=True -> (tokens, Trajectory)."""
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     dev = prompt_ids.device
-    counts = mask_counts(steps, N)
+    commits = commit_counts(steps, N)
     state = torch.full((B, N), model.mask_id, dtype=torch.long, device=dev)
     names = ["states", "committed", "tokens", "logp", "entropy", "x0"] + (["features"] if record_features else [])
     rec = {k: [] for k in names}
     for t in range(steps):
         logits, feats = policy_logits(model, state, prompt_ids, cfg_scale, return_features=True)
         new, committed, tokens, logp, entropy = sample_step(
-            logits, state, model.mask_id, t, steps, counts[t], mode, choice_temperature, generator,
+            logits, state, model.mask_id, t, steps, commits[t], mode, choice_temperature, generator,
             temperature, token_temperature)
         if record:
             x0 = torch.where(state == model.mask_id, tokens, state)  # the step's guess of the clean image

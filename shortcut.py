@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import autocast
-from sample import branch_features, guided_logits, mask_counts, sample_step
+from sample import branch_features, commit_counts, guided_logits, sample_step
 
 # ----------------------------------------------------------------------------------
 # The model
@@ -178,7 +178,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     if uncond not in ("shortcut", "cache"):
         raise ValueError(f"uncond must be 'shortcut' or 'cache', got {uncond!r}")
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
-    counts = mask_counts(steps, N)
+    commits = commit_counts(steps, N)
     calls = set(call_steps(steps, budget))
     state = torch.full((B, N), model.mask_id, dtype=torch.long, device=prompt_ids.device)
     c = 2 if cfg_scale else 1
@@ -195,7 +195,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
                 moved = shortcut(feats[: n * B], new_emb, committed.repeat(n, 1), ratio)
             feats = torch.cat([moved.to(feats.dtype), feats[n * B:]])  # (cB, N, D)
         logits = guided_logits(model, feats, cfg_scale)  # (B, N, K)
-        new, committed, _, _, _ = sample_step(logits, state, model.mask_id, t, steps, counts[t], mode,
+        new, committed, _, _, _ = sample_step(logits, state, model.mask_id, t, steps, commits[t], mode,
                                               choice_temperature, generator, temperature)
         if record:
             rec["feats"].append(feats.float())

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from model import MaskedTransformer, ModelConfig, encode_prompts
-from sample import mask_counts, mask_schedule, policy_logits, sample
+from torch.overrides import TorchFunctionMode
+
+from sample import commit_counts, mask_counts, mask_schedule, policy_logits, sample
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,33 @@ def test_mask_schedule_by_hand():
         assert c[-1] == 0 and all(a > b for a, b in zip(c, c[1:]))
     with pytest.raises(ValueError):
         mask_counts(17, 16)
+    assert commit_counts(4, 16) == [2, 3, 5, 6]  # 16 -> 14 -> 11 -> 6 -> 0
+
+
+class HostReads(TorchFunctionMode):
+    """Records every tensor operation that brings a value back to Python (on a GPU: a host sync)."""
+    READS = {"__int__", "__index__", "__float__", "__bool__", "item", "tolist", "nonzero", "__len__"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["confidence", "stochastic"])
+def test_sampler_never_reads_values_back(model, mode):
+    # every step's commit count is known from the schedule, so the loop queues work without waiting on it
+    with HostReads() as spy:
+        sample(model, prompts(2), 4, cfg_scale=2.0, mode=mode, generator=torch.Generator().manual_seed(0))
+    assert spy.seen == []
+    with HostReads() as spy:  # the spy does see a read
+        int(torch.ones(1).sum())
+    assert spy.seen == ["__int__"]
 
 
 @pytest.mark.parametrize("mode", ["confidence", "stochastic"])

@@ -34,6 +34,16 @@ def test_shortcut_shapes_and_zero_delta():
     assert sc.ratio_embedding(torch.tensor([0.0, 1.0]), 8).shape == (2, 8)
 
 
+def test_shortcut_sampling_never_reads_values_back():
+    from test_sample import HostReads
+    model, net = tiny_model(), sc.Shortcut(32)
+    for uncond in ("shortcut", "cache"):
+        with HostReads() as spy:
+            sc.sample_with_shortcut(model, net, encode_prompts(PROMPTS), 8, [0, 3, 5], cfg_scale=2.0, uncond=uncond,
+                                    generator=torch.Generator().manual_seed(0))
+        assert spy.seen == []
+
+
 def test_full_budget_is_vanilla_sampling_and_zero_delta_is_the_cache():
     model = tiny_model()
     ids = encode_prompts(PROMPTS)
