@@ -31,8 +31,8 @@ measured up to 3 points more accurate here, nearly all of it on counting prompts
 shortcut is the paper's way. (Exact features in the null-prompt branch, from an extra base call, did
 not help either: FINDINGS.md section 4.) Added: train.py's table also has rows with drift_steps' calls
 beside the paper's even ones (on the GPU preset's seed-0 RL model, whose features move most in the first
-steps, up to 1.9 points more accurate at the same number of calls; on seed 3 up to 2.6 points less: noise,
-so even spacing stays the default; README).
+steps, up to 1.9 points more accurate at the same number of calls; on seeds 1 and 3 up to 1.0 and 2.6
+points less: noise, so even spacing stays the default; README).
 """
 
 import argparse
