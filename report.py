@@ -186,10 +186,6 @@ def write_report(cfg, dev, vq_mse, res):
                   "| steps ahead | shortcut MSE | cache MSE |", "| --- | --- | --- |"]
         lines += [f"| {d} | {a:.3g} | {b:.3g} |" for d, (a, b) in sc["distance"].items()]
         bench_dev = sc.get("device", str(dev))  # where the latencies were measured
-        if "drift" in sc:
-            lines += ["", "Rows whose base calls are listed (`at 0,...`) place them by `shortcut.drift_steps` (not the paper): "
-                      "each stretch between calls holds an equal share of the base features' step-to-step drift, here "
-                      + " / ".join(f"{d:.3g}" for d in sc["drift"]) + " (steps 0->1 to the end)."]
         lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{bench_dev}` "
                   f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 5 rounds "
                   f"that time every row in turn); accuracy and quality "

@@ -13,8 +13,6 @@ sampling step to the next, so most steps can skip the base model.
                         MSE, not the error rate)
   budget_steps          which steps call the base model: 0 and round(N k / B), k = 1..B-1
   call_steps            a budget (a number, or a list of steps) -> the steps, checked
-  drift_steps           not in the paper: B calls placed so that each stretch between them holds an
-                        equal share of the base features' step-to-step drift (feature_drift)
   sample_with_shortcut  base calls on those steps, shortcut (or the feature cache) in between;
                         the base head turns features into logits; sample.sample_step does the rest,
                         so sampling rule and generator use are exactly sample.sample's
@@ -29,10 +27,8 @@ tricks in the base model. Changed from the paper: train.py samples with uncond="
 conditional branch takes the shortcut; the null-prompt branch keeps its last base features), which
 measured up to 3 points more accurate here, nearly all of it on counting prompts (README); --sc-uncond
 shortcut is the paper's way. (Exact features in the null-prompt branch, from an extra base call, did
-not help either: FINDINGS.md section 4.) Added: train.py's table also has rows with drift_steps' calls
-beside the paper's even ones (on the GPU preset's seed-0 RL model, whose features move most in the first
-steps, up to 1.9 points more accurate at the same number of calls; on seeds 1 and 3 up to 1.0 and 2.6
-points less: noise, so even spacing stays the default; README).
+not help either: FINDINGS.md section 4.) Tried and removed: placing the base calls where the base features
+move most instead of evenly (no better over three seeds of the GPU preset: FINDINGS.md section 5).
 """
 
 import argparse
@@ -136,33 +132,10 @@ def budget_steps(N, B):
 
 def call_steps(steps, budget):
     """The steps that call the base model: budget_steps(steps, budget) for a number, the list itself for a list
-    (e.g. drift_steps), checked to start at step 0 and lie inside the run."""
+    (calls placed by hand), checked to start at step 0 and lie inside the run."""
     calls = list(budget) if isinstance(budget, (list, tuple)) else budget_steps(steps, budget)
     if 0 not in calls or not set(calls) <= set(range(steps)):
         raise ValueError(f"the base-model steps must include 0 and lie in [0, {steps}), got {sorted(calls)}")
-    return calls
-
-
-def feature_drift(data, mask_id):
-    """(T-1,): how far the base features move from step t to t+1 (mean squared change on the positions still
-    masked at t+1), over all of collect()'s trajectories: the feature cache's one-step error, per step."""
-    every = slice(None)  # all rows
-    return [masked_mse(data["feats"][t].float(), data, t + 1, every, mask_id).item()
-            for t in range(data["feats"].shape[0] - 1)]
-
-
-def drift_steps(drift, B):
-    """Not the paper (budget_steps spaces the calls evenly in steps): B base calls, 0 and then for k = 1..B-1 the
-    first step by which k/B of the total drift has happened, so each stretch of shortcut steps covers an equal
-    share of the features' movement (kept strictly increasing). drift (T-1,) from feature_drift -> B steps."""
-    T = len(drift) + 1
-    if not 1 <= B <= T:
-        raise ValueError(f"need 1 <= budget <= steps, got budget={B}, steps={T}")
-    before = torch.tensor([0.0, *drift]).cumsum(0)  # (T,): drift that happened before step t
-    calls = [0]
-    for k in range(1, B):
-        s = int(torch.searchsorted(before, before[-1] * k / B))  # first t with before[t] >= k/B of the total
-        calls.append(min(max(s, calls[-1] + 1), T - B + k))  # room for the calls still to place
     return calls
 
 
@@ -171,7 +144,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
                          choice_temperature=4.5, mode="confidence", generator=None, cache=False, record=False,
                          uncond="shortcut"):
     """Like sample.sample, but only the call_steps(steps, budget) call the base model (budget a number: evenly
-    spaced, budget_steps; a list: those steps, e.g. drift_steps); the other steps take the shortcut's predicted
+    spaced, budget_steps; a list: those steps); the other steps take the shortcut's predicted
     features (cache=True: the last base features unchanged). budget == steps is exactly sample.sample.
     uncond="cache": with CFG, only the conditional branch takes the shortcut and the null-prompt branch keeps
     its last base features (not the paper, which propagates both; README: it measured better).

@@ -330,7 +330,6 @@ def stage_shortcut(cfg, model, vq, data, dev):
     _, val_rows = shortcut.split_rows(traj)  # the validation trajectories
     with autocast(dev):
         distance = shortcut.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
-    drift = shortcut.feature_drift(traj, model.mask_id)  # (T-1,) for the drift-spaced rows
     train_seconds = time.time() - t0
     del traj
     # one sampling step's FLOPs for one image: the base model on both CFG branches vs the shortcut on the
@@ -349,15 +348,14 @@ def stage_shortcut(cfg, model, vq, data, dev):
 
     budgets = sorted({max(2, T // 4), T // 3, 3 * T // 8, T // 2})  # T=16: 4, 5, 6, 8 base calls
     configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]
-               + [("shortcut", T, b) for b in budgets]  # and the drift-spaced calls where they differ from even ones
-               + [("shortcut", T, c) for b in budgets if (c := shortcut.drift_steps(drift, b)) != shortcut.budget_steps(T, b)])
+               + [("shortcut", T, b) for b in budgets])
     table = shortcut.speed_table(model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
                                  dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, uncond=cfg.sc_uncond,
                                       choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
     for r in table:
         log_metrics(cfg, stage="shortcut", **r)
     return save_stage(cfg, "shortcut", dict(
-        state=state_dict(net), log=log, distance=distance, drift=drift, table=table, train_seconds=train_seconds,
+        state=state_dict(net), log=log, distance=distance, table=table, train_seconds=train_seconds,
         params=sum(q.numel() for q in net.parameters()), flops_ratio=sc_flops / base_flops,
         bench_batch=min(cfg.sc_bench_batch, len(prompts)), n_eval=len(prompts), device=str(dev)))
 

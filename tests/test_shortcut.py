@@ -134,28 +134,6 @@ def test_uncond_cache_moves_only_the_conditional_branch():
         sc.sample_with_shortcut(model, net, ids, 6, 2, uncond="skip")
 
 
-def test_drift_steps_small_cases():
-    assert sc.drift_steps([1.0] * 15, 4) == sc.budget_steps(16, 4) == [0, 4, 8, 12]  # even drift: even calls
-    assert sc.drift_steps([1.0] * 15, 16) == list(range(16))
-    assert sc.drift_steps([8.0, 4, 2, 1, 1], 3) == [0, 1, 2]  # 16 in all: a third is passed by step 1, two by 2
-    assert sc.drift_steps([8.0, 4, 2, 1, 1], 2) == [0, 1]
-    assert sc.drift_steps([100.0, 0, 0, 0, 0], 4) == [0, 1, 2, 3]  # all at once: the calls stay distinct
-    assert sc.drift_steps([0.0, 0, 0, 0, 100], 3) == [0, 4, 5]  # all at the end: room left for the last call
-    for bad in (0, 7):
-        with pytest.raises(ValueError):
-            sc.drift_steps([1.0] * 5, bad)
-
-
-def test_feature_drift_is_the_per_step_squared_change_on_masked_positions():
-    T, P, N, D = 4, 3, 5, 2
-    steps = torch.tensor([0.0, 1.0, 3.0, 4.0])  # features move by 1, 2, 1 in every entry
-    states = torch.full((T, P, N), 7)
-    states[:, :, 0] = 1  # position 0 is never masked: its (huge) change must not count
-    feats = steps.view(T, 1, 1, 1).expand(T, P, N, D).clone()
-    feats[:, :, 0] = torch.arange(T).view(T, 1, 1) * 100.0
-    assert sc.feature_drift(dict(feats=feats, states=states), mask_id=7) == [1.0, 4.0, 1.0]
-
-
 def test_budget_as_a_list_of_steps():
     model, net = tiny_model(), sc.Shortcut(32)
     with torch.no_grad():
@@ -168,3 +146,25 @@ def test_budget_as_a_list_of_steps():
     for bad in ([1, 3], [0, 6]):
         with pytest.raises(ValueError):
             run(bad)
+
+
+def test_speed_table_rows_and_listed_calls(monkeypatch):
+    from report import speed_table_lines
+    model, net = tiny_model(), sc.Shortcut(32)
+    ids = encode_prompts(PROMPTS * 2)  # 6 prompts, timed at batch 4, scored in batches of 4 and 2
+    monkeypatch.setattr(sc, "time_interleaved", lambda fns, dev: [0.4, 0.1, 0.2, 0.2][: len(fns)])
+    seen = []
+    score = lambda tokens: seen.append(tokens) or dict(accuracy=0.5, quality=float(tokens.shape[0]))
+    configs = [("vanilla", 6, 6), ("vanilla", 2, 2), ("shortcut", 6, [0, 3]), ("cache", 6, [0, 1])]
+    rows = sc.speed_table(model, net, configs, ids, score, 6, 4, dict(cfg_scale=2.0), seed=3)
+    assert [(r["kind"], r["steps"], r["budget"]) for r in rows] == [("vanilla", 6, 6), ("vanilla", 2, 2),
+                                                                   ("shortcut", 6, 2), ("cache", 6, 2)]
+    assert "calls" not in rows[2] and rows[3]["calls"] == [0, 1]  # only calls that are not evenly spaced are listed
+    assert [r["speedup"] for r in rows] == [1.0, 4.0, 2.0, 2.0] and rows[0]["ms_per_image"] == 100.0
+    assert all(r["quality"] == 6 and r["accuracy"] == 0.5 for r in rows)  # every prompt scored, once
+    g = torch.Generator().manual_seed(3)  # scoring uses one generator per row, across the batches
+    want = torch.cat([sc.sample_with_shortcut(model, net, ids[i:i + 4], 6, [0, 3], cfg_scale=2.0, generator=g)
+                      for i in (0, 4)])
+    assert torch.equal(seen[2], want)
+    lines = speed_table_lines(rows)
+    assert len(lines) == 6 and "| cache | 6 | 2 at 0,1 |" in lines[5] and "| 4.00x |" in lines[3]

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import config
-import shortcut
 import train
 from model import MaskedTransformer, ModelConfig, encode_prompts, maskgit_loss
 
@@ -61,9 +60,6 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     kinds = [(r["kind"], r["steps"], r["budget"]) for r in res["shortcut"]["table"]]
     assert ("vanilla", 4, 4) in kinds and ("shortcut", 4, 2) in kinds and ("cache", 4, 2) in kinds
     assert res["shortcut"]["table"][kinds.index(("vanilla", 4, 4))]["speedup"] == 1.0
-    listed = [r["calls"] for r in res["shortcut"]["table"] if "calls" in r]  # the drift-spaced rows
-    want = [c for b in (1, 2) if (c := shortcut.drift_steps(res["shortcut"]["drift"], b)) != shortcut.budget_steps(4, b)]
-    assert len(res["shortcut"]["drift"]) == 3 and listed == want
     for r in res["shortcut"]["table"]:  # per-category accuracy too; the evaluation set is balanced
         assert abs(r["accuracy"] - sum(r[c] for c in ("single", "two", "counting", "position")) / 4) < 1e-6
     for ev in (res["eval_pretrain"], res["eval_rl"]):  # every sample has exactly one verdict: ok or a reason
