@@ -8,7 +8,8 @@
 # when they run out:
 #   1. python train.py --preset gpu: pretraining, evaluation, RL, evaluation, shortcut table (issues 3, 4, 6)
 #   2. python sample.py --bench: images/s at T=12 with CFG, batch 256, on the final model (issue 3)
-#   3. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds (issue 5)
+#   3. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds (issue 5); seed by seed, so
+#      one stopped early still compares every variant, and metrics.jsonl holds each finished run
 # Stopping loses at most `--snapshot-secs` of a stage: a rerun on the same machine (whose ignored out/ is kept
 # while it stays warm) skips finished stages and resumes the unfinished one from its snapshot, so the same
 # command, repeated, goes on where the last one stopped. Whatever happens, $OUT ends up holding gpu.log (all

@@ -268,8 +268,8 @@ def stage_compare(cfg, vq, data, dev):
     variants = pick_variants(cfg.compare_variants)
     if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
         raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. --compare-variants 0,1,2,3")
-    for name, steps, tokens, routing in variants:
-        for seed in range(cfg.compare_seeds):
+    for seed in range(cfg.compare_seeds):  # seed-major: a run stopped early still compares every variant
+        for name, steps, tokens, routing in variants:
             if any(r["variant"] == name and r["seed"] == seed for r in runs):
                 continue
             model.load_state_dict(pre_state)

@@ -216,7 +216,7 @@ def test_tiny_pipeline_under_bf16_autocast(tmp_path, monkeypatch):
 def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
     """A crash in the second run of the comparison keeps the first run; the rerun does only the rest and
     matches an uninterrupted comparison."""
-    args = ["--preset", "tiny", "--rl-updates", "0", "--sc-iters", "0", "--compare", "--compare-seeds", "1",
+    args = ["--preset", "tiny", "--rl-updates", "0", "--sc-iters", "0", "--compare", "--compare-seeds", "2",
             "--compare-updates", "1", "--compare-variants", "1,2"]
     whole = train.main(args + ["--out", str(tmp_path / "whole")])["compare"]["runs"]
     out = str(tmp_path / "crash")
@@ -237,7 +237,8 @@ def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     runs = train.main(args + ["--out", out])["compare"]["runs"]
     assert "[compare] resuming from its snapshot after 1 runs" in capsys.readouterr().out
-    assert runs[0] == kept[0] and [r["variant"] for r in runs] == ["random k", "focus k"]
+    assert runs[0] == kept[0]  # seed-major, so a comparison stopped early still has every variant:
+    assert [(r["variant"], r["seed"]) for r in runs] == [("random k", 0), ("focus k", 0), ("random k", 1), ("focus k", 1)]
     assert [r["curve"] for r in runs] == [r["curve"] for r in whole]  # the same numbers as without the crash
     assert not os.path.exists(os.path.join(out, "compare.partial.pt"))
 
