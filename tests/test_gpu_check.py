@@ -1,11 +1,17 @@
 """gpu_check.sh is run on a borrowed GPU with no second chance: its flags and its files must work here first."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# the script needs GNU coreutils' timeout (macOS has none unless installed); the GPU machine and CI have it
+pytestmark = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout") and shutil.which("tar")),
+                                reason="gpu_check.sh needs bash, timeout and tar")
 
 
 def test_gpu_check_runs_every_step_and_keeps_its_files(tmp_path):
