@@ -3,6 +3,7 @@ import torch
 
 import shortcut as sc
 from model import MaskedTransformer, ModelConfig, encode_prompts
+from report import speed_table_lines
 from sample import sample
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow circle"]
@@ -149,7 +150,6 @@ def test_budget_as_a_list_of_steps():
 
 
 def test_speed_table_rows_and_listed_calls(monkeypatch):
-    from report import speed_table_lines
     model, net = tiny_model(), sc.Shortcut(32)
     ids = encode_prompts(PROMPTS * 2)  # 6 prompts, timed at batch 4, scored in batches of 4 and 2
     monkeypatch.setattr(sc, "time_interleaved", lambda fns, dev: [0.4, 0.1, 0.2, 0.2][: len(fns)])
