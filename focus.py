@@ -143,6 +143,9 @@ def critical_tokens(traj, group_size, frac=0.3, embeddings=None):
     the earliest committed, the largest entropy-map gradients, the least alike across the group."""
     B, N = traj.final.shape
     side = math.isqrt(N)
+    if side * side != N or traj.final.shape[0] % group_size:
+        raise ValueError(f"critical_tokens needs a square token grid and whole groups, got N={N} tokens, "
+                         f"batch {B}, group_size {group_size}")
     n_total = round(frac * N)
     n1 = n2 = round(frac * N / 3)
     n3 = n_total - n1 - n2

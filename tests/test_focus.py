@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 import focus
@@ -58,6 +59,10 @@ def test_critical_tokens_count_disjoint_and_earliest():
         step0 = traj.committed[0]
         assert ((crit & step0).sum(1) >= min(n1, 3)).all()
     assert (focus.critical_tokens(traj, 2, 0.5)[:, :3]).all()
+    with pytest.raises(ValueError, match="square token grid"):
+        focus.critical_tokens(hand_trajectory(T=6, B=4, N=15), group_size=2)
+    with pytest.raises(ValueError, match="whole groups"):
+        focus.critical_tokens(traj, group_size=3)
 
 
 def test_group_similarity_by_hand():
