@@ -127,6 +127,8 @@ def group_similarity(final, group_size, embeddings=None):
     put there (cosine of embeddings; equal tokens count 1). Shared by the samples of a group."""
     B, N = final.shape
     G = group_size
+    if B % G:
+        raise ValueError(f"group similarity needs whole groups: batch {B} is not a multiple of group_size {G}")
     f = final.view(-1, G, N)  # (P, G, N)
     same = (f[:, :, None] == f[:, None]).float()  # (P, G, G, N)
     if embeddings is not None:
@@ -143,9 +145,8 @@ def critical_tokens(traj, group_size, frac=0.3, embeddings=None):
     the earliest committed, the largest entropy-map gradients, the least alike across the group."""
     B, N = traj.final.shape
     side = math.isqrt(N)
-    if side * side != N or traj.final.shape[0] % group_size:
-        raise ValueError(f"critical_tokens needs a square token grid and whole groups, got N={N} tokens, "
-                         f"batch {B}, group_size {group_size}")
+    if side * side != N:
+        raise ValueError(f"critical_tokens needs a square token grid, got N={N} tokens")
     n_total = round(frac * N)
     n1 = n2 = round(frac * N / 3)
     n3 = n_total - n1 - n2
