@@ -339,11 +339,55 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Print the shortcut table of a finished `python train.py` run.")
-    ap.add_argument("--out", default="out")
+    ap = argparse.ArgumentParser(description="The shortcut of a finished `python train.py` run: its speed table, or "
+                                             "with --prompt, vanilla and shortcut samples of one prompt side by side.")
+    ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder (shortcut.pt)")
+    ap.add_argument("--prompt", default=None, help="sample this prompt both ways and write shortcut.png")
+    ap.add_argument("--budget", type=int, default=4, help="base-model calls of the shortcut sampler (with --prompt)")
+    ap.add_argument("--n", type=int, default=8, help="samples of --prompt per sampler")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    if not os.path.exists(f"{args.out}/shortcut.pt"):
-        raise SystemExit(f"{args.out}/shortcut.pt is missing: run `python train.py --out {args.out}` first")
-    ck = torch.load(f"{args.out}/shortcut.pt", map_location="cpu", weights_only=False)
-    from report import speed_table_lines
-    print("\n".join(speed_table_lines(ck["table"])))
+    if not os.path.exists(f"{args.ckpt}/shortcut.pt"):
+        raise SystemExit(f"{args.ckpt}/shortcut.pt is missing: run `python train.py --out {args.ckpt}` first")
+    ck = torch.load(f"{args.ckpt}/shortcut.pt", map_location="cpu", weights_only=False)
+    if args.prompt is None:
+        from report import speed_table_lines
+        print("\n".join(speed_table_lines(ck["table"])))
+    else:
+        import config
+        import report
+        import rewards
+        import world
+        from model import encode_prompts
+        try:
+            world.parse_prompt(args.prompt)
+        except ValueError as e:
+            ap.error(str(e))
+        dev = config.pick_device(args.device)
+        model, vq, cfg = config.load_generator(args.ckpt, dev)
+        T = cfg.sample_steps
+        if not 1 <= args.budget <= T or args.n < 1:
+            ap.error(f"--budget must be between 1 and the run's {T} sampling steps and --n at least 1, "
+                     f"got {args.budget} and {args.n}")
+        net = Shortcut(cfg.d_model, ck["state"]["f_in.weight"].shape[0]).to(dev)  # the width it was trained at
+        net.load_state_dict(ck["state"])
+        net.eval()
+        ids = encode_prompts([args.prompt] * args.n).to(dev)
+        kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
+                  uncond=ck["config"]["sc_uncond"])
+        runs = {f"vanilla, {T} steps": T, f"shortcut, {args.budget} base calls": args.budget}
+        fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
+            args.seed), **kw) for b in runs.values()]
+        secs = time_interleaved(fns, dev, rounds=3)  # median of 3 after a warm-up, as in the speed table
+        images, captions = [], []
+        for name, fn, sec in zip(runs, fns, secs):
+            img = vq.decode(fn())  # the same seed: the timed samples again
+            r = rewards.reward(img.cpu(), [args.prompt] * args.n)
+            images.append(img)
+            captions += [f"{name}: {c}" for c in report.verdict_captions([args.prompt] * args.n, r)]
+            print(f"{name}: accuracy {(r >= 1).float().mean():.0%} on {args.n} samples, "
+                  f"{1000 * sec / args.n:.2f} ms/image ({dev.type}, batch {args.n})")
+        png = os.path.join(args.ckpt, "shortcut.png")
+        report.save_grid(torch.cat(images), captions, png, cols=args.n)
+        print(f"wrote {png}: vanilla samples on the first row, the shortcut's on the second")

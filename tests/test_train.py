@@ -116,11 +116,22 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     res = subprocess.run([sys.executable, "grpo.py", "--ckpt", out, "--updates", "2", "--prompts", "2", "--group", "2",
                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and len(re.findall(r"update \d: reward [\d.]+ acc", res.stdout)) == 2, res.stderr
+    # shortcut.py's two uses: the stored speed table, and one prompt sampled both ways into shortcut.png
+    res = subprocess.run([sys.executable, "shortcut.py", "--ckpt", out], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and "| shortcut | 4 | 2 |" in res.stdout, res.stderr
+    res = subprocess.run([sys.executable, "shortcut.py", "--ckpt", out, "--prompt", "a red circle", "--budget", "2",
+                          "--n", "3", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"vanilla, 4 steps: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
+    assert re.search(r"shortcut, 2 base calls: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
+    assert Image.open(os.path.join(out, "shortcut.png")).size == (3 * 128, 2 * (128 + 44))  # 3 columns, 2 rows
     # the demos refuse bad input with a usage line, not a traceback (and --steps 0 is not "the default")
     for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 16 image tokens"),
                              ("sample.py", ["--prompt", "a purple circle"], "unknown colour 'purple'"),
                              ("focus.py", ["--k", "9"], "need 1 <= --k <= --steps"),
-                             ("grpo.py", ["--group", "1"], "--group at least 2")]:
+                             ("grpo.py", ["--group", "1"], "--group at least 2"),
+                             ("shortcut.py", ["--prompt", "a red circle", "--budget", "5"],
+                              "--budget must be between 1 and the run's 4 sampling steps")]:
         res = subprocess.run([sys.executable, script, "--ckpt", out, "--device", "cpu", *bad], cwd=ROOT,
                              capture_output=True, text=True)
         assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, (script, bad, res.stderr)
