@@ -343,7 +343,8 @@ if __name__ == "__main__":
                                              "with --prompt, vanilla and shortcut samples of one prompt side by side.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder (shortcut.pt)")
     ap.add_argument("--prompt", default=None, help="sample this prompt both ways and write shortcut.png")
-    ap.add_argument("--budget", type=int, default=4, help="base-model calls of the shortcut sampler (with --prompt)")
+    ap.add_argument("--budget", type=int, default=None,
+                    help="base-model calls of the shortcut sampler (default: a quarter of the run's steps, at least 2)")
     ap.add_argument("--n", type=int, default=8, help="samples of --prompt per sampler")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
@@ -367,6 +368,7 @@ if __name__ == "__main__":
         dev = config.pick_device(args.device)
         model, vq, cfg = config.load_generator(args.ckpt, dev)
         T = cfg.sample_steps
+        args.budget = min(T, max(2, T // 4)) if args.budget is None else args.budget  # T=16: 4, the table's first
         if not 1 <= args.budget <= T or args.n < 1:
             ap.error(f"--budget must be between 1 and the run's {T} sampling steps and --n at least 1, "
                      f"got {args.budget} and {args.n}")

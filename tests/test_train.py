@@ -119,10 +119,11 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     # shortcut.py's two uses: the stored speed table, and one prompt sampled both ways into shortcut.png
     res = subprocess.run([sys.executable, "shortcut.py", "--ckpt", out], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and "| shortcut | 4 | 2 |" in res.stdout, res.stderr
-    res = subprocess.run([sys.executable, "shortcut.py", "--ckpt", out, "--prompt", "a red circle", "--budget", "2",
-                          "--n", "3", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "shortcut.py", "--ckpt", out, "--prompt", "a red circle", "--n", "3",
+                          "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert re.search(r"vanilla, 4 steps: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
+    # tiny runs T=4 steps, so the default budget is max(2, 4 // 4) = 2 base calls
     assert re.search(r"shortcut, 2 base calls: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
     assert Image.open(os.path.join(out, "shortcut.png")).size == (3 * 128, 2 * (128 + 44))  # 3 columns, 2 rows
     # the demos refuse bad input with a usage line, not a traceback (and --steps 0 is not "the default")
