@@ -381,7 +381,7 @@ if __name__ == "__main__":
         runs = {f"vanilla, {T} steps": T, f"shortcut, {args.budget} base calls": args.budget}
         fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
             args.seed), **kw) for b in runs.values()]
-        secs = time_interleaved(fns, dev, rounds=3)  # median of 3 after a warm-up, as in the speed table
+        secs = time_interleaved(fns, dev, rounds=3)  # the speed table's timing, with 3 rounds
         images, captions = [], []
         for name, fn, sec in zip(runs, fns, secs):
             img = vq.decode(fn())  # the same seed: the timed samples again
