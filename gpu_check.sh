@@ -8,7 +8,9 @@
 # when they run out:
 #   1. python train.py --preset gpu: pretraining, evaluation, RL, evaluation, shortcut table (issues 3, 4, 6)
 #   2. python sample.py --bench: images/s at T=12 with CFG, batch 256, on the final model (issue 3)
-#   3. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds (issue 5); seed by seed, so
+#   3. python shortcut.py --prompt ... --n B for B in $SWEEP (256 1024 4096): vanilla vs the shortcut's 4 base calls,
+#      ms/image at each batch, to show where launches stop setting the pace (issue 6; the table is at 4096)
+#   4. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds (issue 5); seed by seed, so
 #      one stopped early still compares every variant, and metrics.jsonl holds each finished run
 # Stopping loses at most `--snapshot-secs` of a stage: a rerun on the same machine (whose ignored out/ is kept
 # while it stays warm) skips finished stages and resumes the unfinished one from its snapshot, so the same
@@ -19,6 +21,7 @@ PY=${PY:-python3}
 PRESET=${PRESET:-gpu}
 DEVICE=${DEVICE:-auto}
 DEADLINE=${DEADLINE:-400}
+SWEEP=${SWEEP:-256 1024 4096}
 RUN=${RUN:-out}
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -62,4 +65,7 @@ trap keep EXIT
 common=(--preset "$PRESET" --device "$DEVICE" --out "$RUN" --snapshot-secs 20)
 step train "$PY" train.py "${common[@]}"
 step bench "$PY" sample.py --ckpt "$RUN" --bench --batch 256 --steps 12 --device "$DEVICE"
+for n in $SWEEP; do
+    step "sweep $n" "$PY" shortcut.py --ckpt "$RUN" --prompt "three green triangles" --n "$n" --device "$DEVICE"
+done
 step compare "$PY" train.py "${common[@]}" --compare

@@ -126,10 +126,12 @@ def compare_table(ck):
 def speed_table_lines(table):
     """The shortcut stage's rows as markdown (per-category columns when the rows have them)."""
     cats = [c for c in world.CATEGORIES if c in table[0]]
-    head = "| sampler | steps | base calls | ms / image | speed-up | accuracy | " + "".join(f"{c} | " for c in cats)
-    lines = [head + "quality FD |", "| --- " * (7 + len(cats)) + "|"]
+    ops = "ops" in table[0]  # tables made before the ops column have none
+    head = (f"| sampler | steps | base calls | ms / image | speed-up | {'ops | ' * ops}accuracy | "
+            + "".join(f"{c} | " for c in cats))
+    lines = [head + "quality FD |", "| --- " * (7 + ops + len(cats)) + "|"]
     return lines + [f"| {r['kind']} | {r['steps']} | {r['budget']}{' at ' + ','.join(map(str, r['calls'])) if 'calls' in r else ''} "
-                    f"| {r['ms_per_image']:.2f} | {r['speedup']:.2f}x "
+                    f"| {r['ms_per_image']:.2f} | {r['speedup']:.2f}x " + (f"| {r['ops']} " if ops else "") +
                     f"| {r['accuracy']:.1%} | " + "".join(f"{r[c]:.1%} | " for c in cats) + f"{r['quality']:.3f} |"
                     for r in table]
 
@@ -178,15 +180,18 @@ def write_report(cfg, dev, vq_mse, res):
                   f"its critical steps: `critical_steps.png`.", ""] + compare_table(ck)
     if "shortcut" in res:
         sc = res["shortcut"]
+        ops = (" and {} aten ops to its {} (about one GPU kernel launch each; the table's ops column counts a whole "
+               "sampler's)".format(*sc["ops"]) if "ops" in sc else "")  # checkpoints made before ops have none
         lines += ["", "## Shortcut (shortcut.py)", "",
                   f"Shortcut: {sc['params'] / 1e6:.3f}M parameters vs {pre['params'] / 1e6:.2f}M; one step costs "
-                  f"{sc['flops_ratio']:.1%} of a base-model step in FLOPs. Trained {cfg.sc_iters} iterations on "
+                  f"{sc['flops_ratio']:.1%} of a base-model step in FLOPs{ops}. Trained {cfg.sc_iters} iterations on "
                   f"{cfg.sc_prompts} trajectories (x2 CFG branches) in {sc['train_seconds']:.0f}s; validation MSE "
                   f"{sc['log'][-1]['val']:.3g} vs the cache's {sc['log'][-1]['val_cache']:.3g}.", "",
                   "| steps ahead | shortcut MSE | cache MSE |", "| --- | --- | --- |"]
         lines += [f"| {d} | {a:.3g} | {b:.3g} |" for d, (a, b) in sc["distance"].items()]
         bench_dev = sc.get("device", str(dev))  # where the latencies were measured
-        lines += ["", f"Latency per image at batch {sc['bench_batch']} on `{bench_dev}` "
+        fill = " (the evaluation prompts repeated)" if sc["bench_batch"] > sc["n_eval"] else ""
+        lines += ["", f"Latency per image at batch {sc['bench_batch']}{fill} on `{bench_dev}` "
                   f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 5 rounds "
                   f"that time every row in turn); accuracy and quality "
                   f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",

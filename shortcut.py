@@ -17,7 +17,8 @@ sampling step to the next, so most steps can skip the base model.
                         the base head turns features into logits; sample.sample_step does the rest,
                         so sampling rule and generator use are exactly sample.sample's
   step_distance_mse     held-out feature error of chained shortcut steps vs the cache, per distance
-  speed_table           latency per image (rows timed in interleaved rounds, median), speed-up,
+  cost                  FLOPs and aten ops (about one GPU kernel launch each) of one call
+  speed_table           latency per image (rows timed in interleaved rounds, median), speed-up, ops,
                         accuracy and quality for vanilla / cache / shortcut
 
 Simplified versus the paper: one block (as the paper), trained only on trajectories with the step
@@ -110,12 +111,23 @@ class Shortcut(nn.Module):
         return prev + self.out(h)  # (B, N, D)
 
 
-def flops(fn):
-    """FLOPs of one call of fn() (torch's counter: matmuls and attention)."""
+def cost(fn):
+    """(FLOPs, ops) of one call of fn(): torch's FLOP counter (matmuls and attention), and the aten ops that do
+    work (views excluded), about one GPU kernel launch each. A small model on a GPU waits on Python to launch
+    its kernels, so there a step costs per op, not per FLOP (README: the shortcut saves FLOPs, not ops)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc:
+
+    class Ops(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with FlopCounterMode(display=False) as fc, Ops() as ops:
         fn()
-    return fc.get_total_flops()
+    return fc.get_total_flops(), ops.n
 
 
 # ----------------------------------------------------------------------------------
@@ -316,12 +328,13 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
     """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut, budget a number of base calls or
     a list of the steps that make them (the row then has budget = its length and calls). score(tokens) -> a dict of
     metrics (train.py: accuracy, per category, quality) that joins the row. Latency per image at batch
-    bench_batch (time_interleaved); the metrics on all of prompt_ids. -> rows."""
+    bench_batch (time_interleaved; prompt_ids repeated when there are fewer), and each row's aten ops (cost);
+    the metrics on all of prompt_ids. -> rows."""
     dev = prompt_ids.device
     runs = [lambda ids, g, kind=kind, steps=steps, budget=budget: sample_with_shortcut(
         model, shortcut, ids, steps, budget, generator=g, cache=kind == "cache", **sample_kwargs)
         for kind, steps, budget in configs]
-    bench_ids = prompt_ids[:bench_batch]
+    bench_ids = prompt_ids.repeat(-(-bench_batch // len(prompt_ids)), 1)[:bench_batch]  # (bench_batch, L)
     secs = time_interleaved([lambda run=run: run(bench_ids, torch.Generator(dev).manual_seed(seed)) for run in runs],
                             dev)
     rows = []
@@ -330,7 +343,8 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
         tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
         calls = call_steps(steps, budget)
         listed = dict(calls=calls) if calls != budget_steps(steps, len(calls)) else {}  # only where not even
-        rows.append(dict(kind=kind, steps=steps, budget=len(calls), **listed,
+        ops = cost(lambda: run(prompt_ids[:1], torch.Generator(dev).manual_seed(seed)))[1]  # any batch: the same
+        rows.append(dict(kind=kind, steps=steps, budget=len(calls), **listed, ops=ops,
                          ms_per_image=1000 * sec / len(bench_ids), **score(tokens)))
     ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
     for r in rows:
@@ -345,7 +359,7 @@ if __name__ == "__main__":
     ap.add_argument("--prompt", default=None, help="sample this prompt both ways and write shortcut.png")
     ap.add_argument("--budget", type=int, default=None,
                     help="base-model calls of the shortcut sampler (default: a quarter of the run's steps, at least 2)")
-    ap.add_argument("--n", type=int, default=8, help="samples of --prompt per sampler")
+    ap.add_argument("--n", type=int, default=8, help="samples of --prompt per sampler: the timed batch (the PNG shows 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
@@ -382,14 +396,14 @@ if __name__ == "__main__":
         fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
             args.seed), **kw) for b in runs.values()]
         secs = time_interleaved(fns, dev, rounds=3)  # the speed table's timing, with 3 rounds
-        images, captions = [], []
+        images, captions, show = [], [], min(args.n, 8)  # a large --n is a benchmark: the picture shows 8
         for name, fn, sec in zip(runs, fns, secs):
             img = vq.decode(fn())  # the same seed: the timed samples again
             r = rewards.reward(img.cpu(), [args.prompt] * args.n)
-            images.append(img)
-            captions += [f"{name}: {c}" for c in report.verdict_captions([args.prompt] * args.n, r)]
+            images.append(img[:show])
+            captions += [f"{name}: {c}" for c in report.verdict_captions([args.prompt] * show, r[:show])]
             print(f"{name}: accuracy {(r >= 1).float().mean():.0%} on {args.n} samples, "
                   f"{1000 * sec / args.n:.2f} ms/image ({dev.type}, batch {args.n})")
         png = os.path.join(args.ckpt, "shortcut.png")
-        report.save_grid(torch.cat(images), captions, png, cols=args.n)
+        report.save_grid(torch.cat(images), captions, png, cols=show)
         print(f"wrote {png}: vanilla samples on the first row, the shortcut's on the second")

@@ -332,13 +332,13 @@ def stage_shortcut(cfg, model, vq, data, dev):
         distance = shortcut.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
     train_seconds = time.time() - t0
     del traj
-    # one sampling step's FLOPs for one image: the base model on both CFG branches vs the shortcut on the
+    # one sampling step's FLOPs for one image (and ops, the same for any batch): the base model on both CFG branches vs the shortcut on the
     # branches it moves (with --sc-uncond cache only the conditional one)
     x, p = torch.full((2, N), model.mask_id, device=dev), encode_prompts(["a red circle"] * 2).to(dev)
     n = 1 if cfg.sc_uncond == "cache" else 2
     f = torch.zeros(n, N, D, device=dev)
-    base_flops = shortcut.flops(lambda: model(x, p))
-    sc_flops = shortcut.flops(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
+    base_flops, base_ops = shortcut.cost(lambda: model(x, p))
+    sc_flops, sc_ops = shortcut.cost(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality
@@ -357,7 +357,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
     return save_stage(cfg, "shortcut", dict(
         state=state_dict(net), log=log, distance=distance, table=table, train_seconds=train_seconds,
         params=sum(q.numel() for q in net.parameters()), flops_ratio=sc_flops / base_flops,
-        bench_batch=min(cfg.sc_bench_batch, len(prompts)), n_eval=len(prompts), device=str(dev)))
+        ops=(sc_ops, base_ops), bench_batch=cfg.sc_bench_batch, n_eval=len(prompts), device=str(dev)))
 
 
 def write_trajectory_gif(cfg, model, vq, dev):
