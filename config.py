@@ -90,7 +90,7 @@ class Config:
     sc_width: int = 0  # 0: d_model / 2
     sc_unroll: int = 1  # training chains up to this many shortcut steps (1: the paper's one-step target)
     sc_uncond: str = "cache"  # cache: shortcut steps move only the conditional CFG branch | shortcut: both (paper)
-    sc_bench_batch: int = 64  # latency is measured at this batch size
+    sc_bench_batch: int = 64  # latency is measured at this batch size (the evaluation prompts repeated if fewer)
     snapshot_secs: float = 60.0  # pretraining and RL snapshot their progress this often (a crash loses at most that)
 
 

@@ -67,6 +67,8 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
             assert abs(sum(shares.values()) - 1) < 1e-6 and abs(shares["ok"] - ev["accuracy"][c]) < 1e-6
     text = open(os.path.join(out, "report.md")).read()
     assert "## Shortcut" in text and "| colours and shapes swapped |" in text
+    sc_ops, base_ops = res["shortcut"]["ops"]  # one step of each, and each sampler's ops in the table
+    assert f"and {sc_ops} aten ops to its {base_ops}" in text and "| speed-up | ops | accuracy |" in text
     mtime = os.path.getmtime(os.path.join(out, "pretrain.pt"))
     capsys.readouterr()
     train.main(["--preset", "tiny", "--out", out])  # resume: every stage skipped
