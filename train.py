@@ -332,8 +332,8 @@ def stage_shortcut(cfg, model, vq, data, dev):
         distance = shortcut.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
     train_seconds = time.time() - t0
     del traj
-    # one sampling step's FLOPs for one image (and ops, the same for any batch): the base model on both CFG branches vs the shortcut on the
-    # branches it moves (with --sc-uncond cache only the conditional one)
+    # one sampling step's FLOPs for one image (and its ops, the same at any batch): the base model on both CFG
+    # branches vs the shortcut on the branches it moves (with --sc-uncond cache only the conditional one)
     x, p = torch.full((2, N), model.mask_id, device=dev), encode_prompts(["a red circle"] * 2).to(dev)
     n = 1 if cfg.sc_uncond == "cache" else 2
     f = torch.zeros(n, N, D, device=dev)
