@@ -7,7 +7,7 @@
 # In order, each step given what is left of DEADLINE seconds (default 400) and stopped (SIGINT, then KILL)
 # when they run out:
 #   1. python train.py --preset gpu: pretraining, evaluation, RL, evaluation, shortcut table (issues 3, 4, 6)
-#   2. python sample.py --bench: images/s at T=12 with CFG, batch 256, on the final model (issue 3)
+#   2. python sample.py --bench: images/s at T=12 with CFG, batch 256, on the final model, and its ops (issue 3)
 #   3. python shortcut.py --prompt ... --n B for B in $SWEEP (256 1024 4096): vanilla vs the shortcut's 4 base calls,
 #      ms/image at each batch, to show where launches stop setting the pace (issue 6; the table is at 4096)
 #   4. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds (issue 5); seed by seed, so

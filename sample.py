@@ -173,6 +173,26 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
     return state, traj
 
 
+def cost(fn):
+    """(FLOPs, ops) of one call of fn(): torch's FLOP counter (matmuls and attention), and the aten ops that do
+    work (views excluded), about one GPU kernel launch each. A small model on a GPU waits on Python to launch
+    its kernels, so there a step costs per op, not per FLOP (README: the shortcut saves FLOPs, not ops).
+    sample.py --bench prints a sampling call's ops; shortcut.speed_table counts them per row."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Ops(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with FlopCounterMode(display=False) as fc, Ops() as ops:
+        fn()
+    return fc.get_total_flops(), ops.n
+
+
 def save_gif(frames, path, scale=4, ms=250):
     """frames: list of (3, H, W) images in [0, 1] -> animated GIF (nearest-neighbour upscaled)."""
     from PIL import Image
@@ -252,8 +272,9 @@ if __name__ == "__main__":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         best = min(times)
+        _, ops = cost(lambda: sample(model, ids[:1], args.steps, cfg_scale, **dict(kw, generator=None)))  # any batch
         print(f"{dev.type}: batch {args.batch}, T={args.steps}, cfg {cfg_scale}: {args.batch / best:,.1f} images/s "
-              f"({1000 * best / args.batch:.2f} ms/image, best of 3)")
+              f"({1000 * best / args.batch:.2f} ms/image, best of 3; {ops} aten ops per sampling call)")
     else:
         ids = encode_prompts([args.prompt] * args.n).to(dev)
         tokens, traj = sample(model, ids, args.steps, cfg_scale, record=True, **kw)

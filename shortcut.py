@@ -17,9 +17,8 @@ sampling step to the next, so most steps can skip the base model.
                         the base head turns features into logits; sample.sample_step does the rest,
                         so sampling rule and generator use are exactly sample.sample's
   step_distance_mse     held-out feature error of chained shortcut steps vs the cache, per distance
-  cost                  FLOPs and aten ops (about one GPU kernel launch each) of one call
-  speed_table           latency per image (rows timed in interleaved rounds, median), speed-up, ops,
-                        accuracy and quality for vanilla / cache / shortcut
+  speed_table           latency per image (rows timed in interleaved rounds, median), speed-up, ops
+                        (sample.cost), accuracy and quality for vanilla / cache / shortcut
 
 Simplified versus the paper: one block (as the paper), trained only on trajectories with the step
 count it is used at (train.py's sample_steps); the CFG branches share one shortcut, trained on both
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import autocast
-from sample import branch_features, commit_counts, guided_logits, sample_step
+from sample import branch_features, commit_counts, cost, guided_logits, sample_step
 
 # ----------------------------------------------------------------------------------
 # The model
@@ -109,25 +108,6 @@ class Shortcut(nn.Module):
         h = h + self.o_self(a.transpose(1, 2).reshape(B, N, w))
         h = h + self.ff2(norm(3, h))
         return prev + self.out(h)  # (B, N, D)
-
-
-def cost(fn):
-    """(FLOPs, ops) of one call of fn(): torch's FLOP counter (matmuls and attention), and the aten ops that do
-    work (views excluded), about one GPU kernel launch each. A small model on a GPU waits on Python to launch
-    its kernels, so there a step costs per op, not per FLOP (README: the shortcut saves FLOPs, not ops)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
-
-    class Ops(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += not func.is_view
-            return func(*args, **(kwargs or {}))
-
-    with FlopCounterMode(display=False) as fc, Ops() as ops:
-        fn()
-    return fc.get_total_flops(), ops.n
 
 
 # ----------------------------------------------------------------------------------

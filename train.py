@@ -30,7 +30,7 @@ import world
 from config import (drop_progress, load_progress, load_stage, log_metrics, model_config, parse_config, pick_device,
                     restore, save_progress, save_stage, snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
-from sample import sample, save_gif, trajectory_frames
+from sample import cost, sample, save_gif, trajectory_frames
 
 
 # ----------------------------------------------------------------------------------
@@ -337,8 +337,8 @@ def stage_shortcut(cfg, model, vq, data, dev):
     x, p = torch.full((2, N), model.mask_id, device=dev), encode_prompts(["a red circle"] * 2).to(dev)
     n = 1 if cfg.sc_uncond == "cache" else 2
     f = torch.zeros(n, N, D, device=dev)
-    base_flops, base_ops = shortcut.cost(lambda: model(x, p))
-    sc_flops, sc_ops = shortcut.cost(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
+    base_flops, base_ops = cost(lambda: model(x, p))
+    sc_flops, sc_ops = cost(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality

@@ -5,7 +5,7 @@ import torch
 from model import MaskedTransformer, ModelConfig, encode_prompts
 from torch.overrides import TorchFunctionMode
 
-from sample import commit_counts, mask_counts, mask_schedule, policy_logits, sample
+from sample import commit_counts, cost, mask_counts, mask_schedule, policy_logits, sample
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,10 @@ def test_trajectory_frames_show_commits_and_mark_steps(model):
     red = torch.tensor([0.9, 0.15, 0.15])[:, None]
     assert torch.allclose(frames[2][:, 0, :], red.expand(3, 8))  # the frame after step 1 has the border
     assert all(torch.equal(a, b) for i, (a, b) in enumerate(zip(frames, plain)) if i != 2)
+
+
+def test_cost_counts_flops_and_ops_not_views():
+    a, b = torch.randn(2, 3), torch.randn(4, 3)
+    assert cost(lambda: (a @ b.t()).relu()) == (2 * 2 * 3 * 4, 2)  # matmul + relu; the transpose is a view
+    assert cost(lambda: a.view(6)[1:].unsqueeze(0)) == (0, 0)
+    assert cost(lambda: torch.cat([a, a]) + 1) == (0, 2)

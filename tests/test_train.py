@@ -114,6 +114,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     res = subprocess.run([sys.executable, "sample.py", "--ckpt", out, "--bench", "--batch", "4", "--device", "cpu"],
                          cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0 and re.search(r"batch 4, T=4, cfg [\d.]+: [\d,.]+ images/s", res.stdout), res.stdout
+    assert re.search(r"; \d+ aten ops per sampling call\)", res.stdout), res.stdout
     # grpo.py's demo: a few updates on the finished run (the RL weights against the pretrained reference)
     res = subprocess.run([sys.executable, "grpo.py", "--ckpt", out, "--updates", "2", "--prompts", "2", "--group", "2",
                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
