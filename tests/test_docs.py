@@ -1,6 +1,8 @@
 """The docs are meant to be copied from: every flag a command in README.md or FINDINGS.md names must be
-one its script accepts (a renamed flag would otherwise leave the docs quietly wrong)."""
+one its script accepts, and every `module.name` README.md names must exist (a renamed flag or function
+would otherwise leave the docs quietly wrong). FINDINGS.md is a lab notebook: it may name code it removed."""
 import functools
+import importlib
 import pathlib
 import re
 import subprocess
@@ -11,6 +13,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "FINDINGS.md"]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+MODULES = "world|rewards|model|sample|grpo|focus|probe|shortcut|train|config|report"
+NAME = re.compile(rf"(?<![\w/.])({MODULES})\.([A-Za-z_]\w*)")
+FILE_TYPES = {"py", "pt", "md", "png", "gif", "jsonl"}  # train.py, shortcut.pt, report.md: files, not names
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,3 +64,23 @@ def test_a_wrong_flag_is_caught():
     """The check itself can fail: a made-up flag on train.py is reported."""
     (script, fl), = commands("`python train.py --out x --no-such-flag 3`")
     assert script == "train.py" and "--no-such-flag" in fl and "--no-such-flag" not in flags_of("train.py")
+
+
+def missing_names(text):
+    """Every `module.name` in the text's code spans that the module does not define, e.g. ['sample.nope']."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        found = {m.groups() for span in spans(text) for m in NAME.finditer(span) if m.group(2) not in FILE_TYPES}
+        return sorted(f"{mod}.{name}" for mod, name in found if not hasattr(importlib.import_module(mod), name))
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def test_every_function_the_readme_names_exists():
+    text = (ROOT / "README.md").read_text()
+    assert len({m.groups() for span in spans(text) for m in NAME.finditer(span)}) > 10, "the name parser is broken"
+    assert missing_names(text) == []
+
+
+def test_a_wrong_name_is_caught():
+    assert missing_names("`grpo.grpo_loss`, `sample.no_such_function` and `out/report.md`") == ["sample.no_such_function"]
