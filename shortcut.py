@@ -213,11 +213,18 @@ def chain(shortcut, model, data, t, d, rows):
         yield s, pred
 
 
-def masked_mse(pred, data, s, rows, mask_id):
-    """MSE to the base features of step s on the positions still masked at step s."""
+def masked_sq(pred, data, s, rows, mask_id):
+    """(summed squared error, number of entries) against the base features of step s, on the positions
+    still masked at step s."""
     target = data["feats"][s, rows].float()
     m = (data["states"][s, rows] == mask_id)[..., None].float()  # (b, N, 1)
-    return (((pred - target) ** 2) * m).sum() / (m.sum().clamp(min=1) * target.shape[-1])
+    return (((pred - target) ** 2) * m).sum(), m.sum() * target.shape[-1]
+
+
+def masked_mse(pred, data, s, rows, mask_id):
+    """MSE to the base features of step s on the positions still masked at step s."""
+    sq, n = masked_sq(pred, data, s, rows, mask_id)
+    return sq / n.clamp(min=1)
 
 
 def chain_loss(shortcut, model, data, t, d, rows):
@@ -267,11 +274,9 @@ def step_distance_mse(shortcut, model, data, rows, max_d=4):
         sc = cache = n = 0.0
         for t in range(T - d):
             *_, (s, pred) = chain(shortcut, model, data, t, d, rows)
-            target = data["feats"][s, rows].float()
-            m = (data["states"][s, rows] == model.mask_id)[..., None].float()  # (b, N, 1)
-            sc += (((pred - target) ** 2) * m).sum().item()
-            cache += (((data["feats"][t, rows].float() - target) ** 2) * m).sum().item()
-            n += m.sum().item() * target.shape[-1]
+            sq, count = masked_sq(pred, data, s, rows, model.mask_id)
+            sc, n = sc + sq.item(), n + count.item()
+            cache += masked_sq(data["feats"][t, rows].float(), data, s, rows, model.mask_id)[0].item()
         out[d] = (sc / max(n, 1), cache / max(n, 1))
     return out
 
