@@ -153,3 +153,17 @@ def test_a_tiny_rl_run_raises_the_reward():
         last = sum(x["reward"] for x in log[-5:]) / 5
         assert last > first + 0.2, (estimator, first, last)
         assert all(x["skipped"] == 0 for x in log)
+
+
+def test_a_non_finite_loss_is_skipped_and_never_reaches_the_weights():
+    """NaN rewards make NaN advantages and a NaN loss: every inner update is skipped, counted, and the
+    weights stay exactly as they were (without the check, the NaN gradient would overwrite them)."""
+    m = tiny_model()
+    ref = tiny_model().requires_grad_(False)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    nan = lambda tok: torch.full((tok.shape[0],), float("nan"))
+    s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), nan, 4,
+                     dict(steps=4, cfg_scale=0.0), mu=3, generator=torch.Generator().manual_seed(0))
+    assert s["skipped"] == 3
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
