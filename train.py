@@ -205,6 +205,8 @@ def stage_rl(cfg, model, vq, data, dev):
             t1 = time.time()
             curve.append((u + 1, held_out_accuracy(cfg, model, vq, held, dev)))
             s["held_out_accuracy"], eval_seconds = curve[-1][1], eval_seconds + time.time() - t1
+        if s["skipped"]:  # the weights were left alone; say so rather than let the curve hide it
+            tqdm.write(f"[rl] update {u}: {s['skipped']} of {cfg.rl_mu} inner updates skipped (loss not finite)")
         log.append(s)
         log_metrics(cfg, stage="rl", **s)
         recent = log[-10:]
