@@ -276,19 +276,21 @@ def stage_compare(cfg, vq, data, dev):
                 continue
             model.load_state_dict(pre_state)
             ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 1000 * (seed + 1))
-            curve, seconds, fwd, score_fwd = [(0, acc0)], 0.0, 0, 0
+            curve, seconds, fwd, score_fwd, skipped = [(0, acc0)], 0.0, 0, 0, 0
             for u in tqdm(range(n_up), desc=f"{name} (seed {seed})", leave=False):
                 t0 = time.time()
                 s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing)
                 seconds += time.time() - t0
                 fwd, score_fwd = fwd + s["rollout_fwd"] + s["score_fwd"], score_fwd + s["score_fwd"]
+                skipped += s["skipped"]  # inner updates whose loss was not finite (left out of the weights)
                 if u + 1 in marks:
                     curve.append((u + 1, acc(model)))
             runs.append(dict(variant=name, seed=seed, curve=curve, seconds=seconds, fwd=fwd / n_up,
-                             score_fwd=score_fwd / n_up))
+                             score_fwd=score_fwd / n_up, skipped=skipped))
             save_progress(cfg, "compare", len(runs), "runs", runs=runs)
             log_metrics(cfg, stage="compare", **runs[-1])
-            print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
+            print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s"
+                  + (f"; {skipped} inner updates skipped, loss not finite)" if skipped else ")"))
     series = {}
     for name, *_ in variants:
         rs = [r["curve"] for r in runs if r["variant"] == name]
