@@ -160,13 +160,16 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     flat_prompts = [p for p in prompts for _ in range(cfg.group_size)]
     score = lambda tok: rewards.reward(vq.decode(tok).cpu(), flat_prompts)
     dev = next(model.parameters()).device
-    return focus.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size,
-                         dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                              choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
-                         steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq.codes,
-                         per_sample=cfg.rl_per_sample,
-                         estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor, clip_eps=cfg.clip_eps,
-                         beta=cfg.beta, generator=g)
+    s = focus.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size,
+                      dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+                           choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
+                      steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq.codes,
+                      per_sample=cfg.rl_per_sample,
+                      estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor, clip_eps=cfg.clip_eps,
+                      beta=cfg.beta, generator=g)
+    if s["skipped"]:  # the weights were left alone; say so (the RL stage and the comparison alike)
+        tqdm.write(f"[rl] {s['skipped']} of {cfg.rl_mu} inner updates skipped: the loss was not finite")
+    return s
 
 
 def rl_setup(cfg, model, dev, seed):
@@ -205,8 +208,6 @@ def stage_rl(cfg, model, vq, data, dev):
             t1 = time.time()
             curve.append((u + 1, held_out_accuracy(cfg, model, vq, held, dev)))
             s["held_out_accuracy"], eval_seconds = curve[-1][1], eval_seconds + time.time() - t1
-        if s["skipped"]:  # the weights were left alone; say so rather than let the curve hide it
-            tqdm.write(f"[rl] update {u}: {s['skipped']} of {cfg.rl_mu} inner updates skipped (loss not finite)")
         log.append(s)
         log_metrics(cfg, stage="rl", **s)
         recent = log[-10:]
@@ -282,15 +283,14 @@ def stage_compare(cfg, vq, data, dev):
                 s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing)
                 seconds += time.time() - t0
                 fwd, score_fwd = fwd + s["rollout_fwd"] + s["score_fwd"], score_fwd + s["score_fwd"]
-                skipped += s["skipped"]  # inner updates whose loss was not finite (left out of the weights)
+                skipped += s["skipped"]  # kept in the run's record (metrics.jsonl)
                 if u + 1 in marks:
                     curve.append((u + 1, acc(model)))
             runs.append(dict(variant=name, seed=seed, curve=curve, seconds=seconds, fwd=fwd / n_up,
                              score_fwd=score_fwd / n_up, skipped=skipped))
             save_progress(cfg, "compare", len(runs), "runs", runs=runs)
             log_metrics(cfg, stage="compare", **runs[-1])
-            print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s"
-                  + (f"; {skipped} inner updates skipped, loss not finite)" if skipped else ")"))
+            print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
     series = {}
     for name, *_ in variants:
         rs = [r["curve"] for r in runs if r["variant"] == name]
