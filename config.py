@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -312,9 +313,22 @@ def drop_progress(cfg, stage):
         os.remove(path)
 
 
+def _strict(v):
+    """A NaN or inf (a skipped RL update's reward, say) becomes null: json.dumps would write a
+    bare NaN, which strict JSON readers (jq, JSON.parse) refuse."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    return v
+
+
 def log_metrics(cfg, **row):
+    """One line of metrics.jsonl per call; every line is strict JSON."""
     with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(_strict(row), allow_nan=False) + "\n")
 
 
 def model_config(cfg):

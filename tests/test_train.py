@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -207,6 +208,17 @@ def test_state_dict_is_a_copy():
     with torch.no_grad():
         m.head.weight.add_(1.0)  # training after the snapshot must not change the snapshot
     assert not torch.equal(sd["head.weight"], m.head.weight)
+
+
+def test_metrics_lines_are_strict_json_even_with_a_nan(tmp_path):
+    cfg = config.Config(out=str(tmp_path))
+    config.log_metrics(cfg, stage="rl", reward=float("nan"), kl=0.5, curve=[(1, float("inf")), (2, 0.25)])
+
+    def refuse(name):  # strict JSON has no NaN/Infinity: a reader such as jq would fail here
+        raise ValueError(name)
+    line = open(os.path.join(tmp_path, "metrics.jsonl")).read()
+    row = json.loads(line, parse_constant=refuse)
+    assert row == {"stage": "rl", "reward": None, "kl": 0.5, "curve": [[1, None], [2, 0.25]]}
 
 
 def test_tiny_pipeline_under_bf16_autocast(tmp_path, monkeypatch):
