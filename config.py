@@ -234,6 +234,11 @@ def pick_device(name=None):
         dev = torch.device(name)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda asked for, but CUDA is not available")
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise SystemExit(f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+        mps = getattr(torch.backends, "mps", None)
+        if dev.type == "mps" and not (mps and mps.is_available()):
+            raise SystemExit("--device mps asked for, but MPS (Apple GPU) is not available in this torch build")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -202,6 +202,20 @@ def test_demos_on_a_folder_without_a_run_say_what_to_do(tmp_path):
     assert out.returncode == 1 and "shortcut.pt is missing" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_device_that_is_not_there_is_refused_with_a_message(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for name, said in [("cuda", "CUDA is not available"), ("mps", "MPS (Apple GPU) is not available")]:
+        with pytest.raises(SystemExit, match=re.escape(said)):
+            config.pick_device(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit, match="there are 1 CUDA devices"):
+        config.pick_device("cuda:1")
+    assert config.pick_device("cuda:0") == torch.device("cuda:0") and config.pick_device("cpu").type == "cpu"
+    assert config.pick_device("auto") == torch.device("cuda")  # autodetect: cuda first
+
+
 def test_state_dict_is_a_copy():
     m = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
     sd = config.state_dict(m)
