@@ -225,7 +225,7 @@ if __name__ == "__main__":
     from sample import sample
 
     ap = argparse.ArgumentParser(description="Which steps and tokens focus.py picks, on a train.py checkpoint.")
-    ap.add_argument("--ckpt", default="out")
+    ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     ap.add_argument("--pretrained", action="store_true", help="the pretrained weights instead of the RL ones")
     ap.add_argument("--batches", type=int, default=20, help="rollout batches (grammar prompts) to pool")
     ap.add_argument("--prompts", type=int, default=8, help="prompts per batch, each sampled --group times")

@@ -207,7 +207,7 @@ if __name__ == "__main__":
     from model import encode_prompts
 
     ap = argparse.ArgumentParser(description="A few GRPO updates on a checkpoint made by train.py; prints the reward.")
-    ap.add_argument("--ckpt", default="out")
+    ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     ap.add_argument("--updates", type=int, default=20)
     ap.add_argument("--prompts", type=int, default=8, help="prompts per update")
     ap.add_argument("--group", type=int, default=8)

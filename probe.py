@@ -146,7 +146,7 @@ if __name__ == "__main__":
     import config
 
     ap = argparse.ArgumentParser(description="Binding and relations on the empty board, for a train.py run.")
-    ap.add_argument("--ckpt", default="out")
+    ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     ap.add_argument("--pretrained", action="store_true", help="the pretrained weights instead of the RL ones")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()

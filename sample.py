@@ -225,7 +225,8 @@ def trajectory_frames(vq, traj, i=0, marked=(), masked_grey=0.3):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Sample from a checkpoint made by train.py: a PNG, a GIF, or a benchmark.")
-    ap.add_argument("--ckpt", default="out", help="train.py's output folder (codebook.pt, pretrain.pt / rl.pt)")
+    ap.add_argument("--ckpt", "--out", dest="ckpt", default="out",
+                    help="train.py's output folder (codebook.pt, pretrain.pt / rl.pt)")
     ap.add_argument("--prompt", default="a red circle left of a blue square")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps T (default: the checkpoint's)")
     ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the checkpoint's)")

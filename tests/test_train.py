@@ -106,7 +106,8 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     cfg = config.load_generator(out, torch.device("cpu"))[2]
     assert (cfg.sample_steps, cfg.rl_k, cfg.d_model) == (4, 2, config.PRESETS["tiny"]["d_model"])
     # sample.py's two uses: a PNG and a GIF of the unmasking (T + 1 frames), and the images/s benchmark
-    res = subprocess.run([sys.executable, "sample.py", "--ckpt", out, "--n", "2", "--device", "cpu"], cwd=ROOT,
+    # (--out names the folder as train.py does; --ckpt is the same flag)
+    res = subprocess.run([sys.executable, "sample.py", "--out", out, "--n", "2", "--device", "cpu"], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0 and "accuracy" in res.stdout, res.stderr
     from PIL import Image
