@@ -138,13 +138,14 @@ def speed_table_lines(table):
 
 def write_report(cfg, dev, vq_mse, res):
     pre = res["pretrain"]
+    vq = "0 (lossless)" if vq_mse == 0 else f"{vq_mse:.1e}"  # the grid-aligned world has few distinct patches
     lines = [
         "# Report", "",
         f"Preset `{cfg.preset}` on `{dev}`; command: `python {' '.join(sys.argv)}`", "",
         "## Pretraining", "",
         "| image | tokens | codebook K | VQ MSE | params | steps x batch | loss first -> last | pretrain s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| {cfg.image_size}x{cfg.image_size} | {(cfg.image_size // cfg.patch) ** 2} | {cfg.codebook_size} | {vq_mse:.1e} "
+        f"| {cfg.image_size}x{cfg.image_size} | {(cfg.image_size // cfg.patch) ** 2} | {cfg.codebook_size} | {vq} "
         f"| {pre['params'] / 1e6:.2f}M | {cfg.pretrain_steps} x {cfg.batch_size} | {pre['first_loss']:.2f} -> "
         f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} |", "",
         f"Evaluation: {cfg.eval_prompts} prompts x {cfg.eval_samples} samples, T={cfg.sample_steps}, "
