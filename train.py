@@ -396,4 +396,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # finished stages and the last progress snapshot are on disk: say so, no traceback
+        raise SystemExit("\ninterrupted: the same command goes on from the last finished stage or snapshot")

@@ -2,6 +2,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -215,6 +216,19 @@ def test_a_device_that_is_not_there_is_refused_with_a_message(monkeypatch):
         config.pick_device("cuda:1")
     assert config.pick_device("cuda:0") == torch.device("cuda:0") and config.pick_device("cpu").type == "cpu"
     assert config.pick_device("auto") == torch.device("cuda")  # autodetect: cuda first
+
+
+def test_ctrl_c_says_how_to_go_on_without_a_traceback(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "train.py", "--preset", "tiny", "--out", str(tmp_path), "--pretrain-steps",
+                          "100000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in p.stdout:  # pretraining has begun: the codebook stage is done and saved
+        if line.startswith("[pretrain]"):
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and "interrupted: the same command goes on" in err and "Traceback" not in err
+    assert os.path.exists(os.path.join(tmp_path, "codebook.pt"))
 
 
 def test_state_dict_is_a_copy():
