@@ -247,6 +247,14 @@ def pick_device(name=None):
     return torch.device("cpu")
 
 
+def make_out(path):
+    """The run folder, made if missing; a path that cannot be one stops with a message."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a file of that name, no permission, a read-only disk
+        raise SystemExit(f"--out {path}: cannot use it as the output folder ({e.strerror})")
+
+
 def save_atomic(obj, path):
     tmp = path + ".tmp"
     torch.save(obj, tmp)

@@ -27,8 +27,8 @@ import report
 import rewards
 import shortcut
 import world
-from config import (drop_progress, load_progress, load_stage, log_metrics, model_config, parse_config, pick_device,
-                    restore, save_progress, save_stage, snapshot, state_dict)
+from config import (drop_progress, load_progress, load_stage, log_metrics, make_out, model_config, parse_config,
+                    pick_device, restore, save_progress, save_stage, snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import cost, sample, save_gif, trajectory_frames
 
@@ -375,7 +375,7 @@ def main(argv=None):
     if cfg.compare:
         pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
     dev = pick_device(cfg.device)
-    os.makedirs(cfg.out, exist_ok=True)
+    make_out(cfg.out)
     t0 = time.time()
     data = stage_data(cfg)
     vq = stage_codebook(cfg, data)

@@ -160,6 +160,12 @@ def test_a_bad_variant_list_stops_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_out_path_that_is_a_file_stops_with_a_message(tmp_path):
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(SystemExit, match="cannot use it as the output folder"):
+        train.main(["--preset", "tiny", "--out", str(tmp_path / "run")])
+
+
 def test_bad_flags_are_refused(capsys):
     with pytest.raises(SystemExit):
         config.parse_config(["--no-such-flag", "1"])
