@@ -229,22 +229,18 @@ def parse_config(argv=None, description=None):
 
 
 def pick_device(name=None):
-    """cuda > mps > cpu, unless named."""
-    if name and name != "auto":
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("--device cuda asked for, but CUDA is not available")
-        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-            raise SystemExit(f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-        mps = getattr(torch.backends, "mps", None)
-        if dev.type == "mps" and not (mps and mps.is_available()):
-            raise SystemExit("--device mps asked for, but MPS (Apple GPU) is not available in this torch build")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """cuda > mps > cpu, unless named; a named device this machine lacks stops with a message."""
+    mps = getattr(torch.backends, "mps", None)
+    there = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
+    if not name or name == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if there[kind]))
+    dev = torch.device(name)
+    if not there.get(dev.type, True):  # another kind (xpu, ...) is left to torch
+        what = {"cuda": "CUDA", "mps": "MPS (Apple GPU)"}[dev.type]
+        raise SystemExit(f"--device {name} asked for, but {what} is not available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    return dev
 
 
 def make_out(path):
