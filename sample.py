@@ -154,16 +154,17 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
     state = torch.full((B, N), model.mask_id, dtype=torch.long, device=dev)
     names = ["states", "committed", "tokens", "logp", "entropy", "x0"] + (["features"] if record_features else [])
     rec = {k: [] for k in names}
-    for t in range(steps):
-        logits, feats = policy_logits(model, state, prompt_ids, cfg_scale, return_features=True)
-        new, committed, tokens, logp, entropy = sample_step(
-            logits, state, model.mask_id, t, steps, commits[t], mode, choice_temperature, generator,
-            temperature, token_temperature)
-        if record:
-            x0 = torch.where(state == model.mask_id, tokens, state)  # the step's guess of the clean image
-            for k, v in zip(rec, (state, committed, tokens, logp, entropy, x0, feats)):
-                rec[k].append(v)
-        state = new
+    with autocast(dev):  # one region for the whole loop: on CUDA, weights that require grad are cast to bf16 once
+        for t in range(steps):
+            logits, feats = policy_logits(model, state, prompt_ids, cfg_scale, return_features=True)
+            new, committed, tokens, logp, entropy = sample_step(
+                logits, state, model.mask_id, t, steps, commits[t], mode, choice_temperature, generator,
+                temperature, token_temperature)
+            if record:
+                x0 = torch.where(state == model.mask_id, tokens, state)  # the step's guess of the clean image
+                for k, v in zip(rec, (state, committed, tokens, logp, entropy, x0, feats)):
+                    rec[k].append(v)
+            state = new
     if not record:
         return state
     rec = {k: torch.stack(v) for k, v in rec.items()}

@@ -150,24 +150,24 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     c = 2 if cfg_scale else 1
     feats = committed = None
     rec = dict(feats=[], states=[], committed=[])
-    for t in range(steps):
-        if t in calls:
-            feats = branch_features(model, state, prompt_ids, cfg_scale)  # (cB, N, D)
-        elif not cache:
-            n = 1 if uncond == "cache" else c  # branches the shortcut moves: rows [0, nB) of feats
-            ratio = (state == model.mask_id).float().mean(1).repeat(n)  # (nB,)
-            new_emb = model.embed_tokens(state).repeat(n, 1, 1)
-            with autocast(state.device):
+    with autocast(state.device):  # one region for the loop, as in sample.sample: bf16 weight copies made once
+        for t in range(steps):
+            if t in calls:
+                feats = branch_features(model, state, prompt_ids, cfg_scale)  # (cB, N, D)
+            elif not cache:
+                n = 1 if uncond == "cache" else c  # branches the shortcut moves: rows [0, nB) of feats
+                ratio = (state == model.mask_id).float().mean(1).repeat(n)  # (nB,)
+                new_emb = model.embed_tokens(state).repeat(n, 1, 1)
                 moved = shortcut(feats[: n * B], new_emb, committed.repeat(n, 1), ratio)
-            feats = torch.cat([moved.to(feats.dtype), feats[n * B:]])  # (cB, N, D)
-        logits = guided_logits(model, feats, cfg_scale)  # (B, N, K)
-        new, committed, _, _, _ = sample_step(logits, state, model.mask_id, t, steps, commits[t], mode,
-                                              choice_temperature, generator, temperature)
-        if record:
-            rec["feats"].append(feats.float())
-            rec["states"].append(state)
-            rec["committed"].append(committed)
-        state = new
+                feats = torch.cat([moved.to(feats.dtype), feats[n * B:]])  # (cB, N, D)
+            logits = guided_logits(model, feats, cfg_scale)  # (B, N, K)
+            new, committed, _, _, _ = sample_step(logits, state, model.mask_id, t, steps, commits[t], mode,
+                                                  choice_temperature, generator, temperature)
+            if record:
+                rec["feats"].append(feats.float())
+                rec["states"].append(state)
+                rec["committed"].append(committed)
+            state = new
     return (state, {k: torch.stack(v) for k, v in rec.items()}) if record else state
 
 
@@ -208,8 +208,9 @@ def chain(shortcut, model, data, t, d, rows):
     pred = data["feats"][t, rows].float()
     for s in range(t + 1, t + d + 1):
         state = data["states"][s, rows]
-        pred = shortcut(pred, model.embed_tokens(state), data["committed"][s - 1, rows],
-                        (state == model.mask_id).float().mean(1))
+        with torch.no_grad():  # the base model's embeddings are an input here: it stays as it is
+            new_emb = model.embed_tokens(state)  # (b, N, D)
+        pred = shortcut(pred, new_emb, data["committed"][s - 1, rows], (state == model.mask_id).float().mean(1))
         yield s, pred
 
 
@@ -240,7 +241,6 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
     T = data["feats"].shape[0]
     tr, val = split_rows(data, val_frac)  # held-out trajectories
     opt = torch.optim.AdamW(shortcut.parameters(), lr=lr, weight_decay=0.0)
-    model.requires_grad_(False)
     log, bar = [], tqdm(range(iters), desc="shortcut")
     for it in bar:
         t = int(torch.randint(0, T - 1, (1,), generator=generator))  # the true step the chain starts from

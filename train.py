@@ -321,7 +321,6 @@ def stage_shortcut(cfg, model, vq, data, dev):
     """MIGM-Shortcut: train on the final model's trajectories, then the latency / quality table."""
     if (ck := load_stage(cfg, "shortcut")) is not None:
         return ck
-    model.requires_grad_(False)
     g, g_cpu = torch.Generator(dev).manual_seed(cfg.seed + 6), torch.Generator().manual_seed(cfg.seed + 7)
     T, D, N = cfg.sample_steps, cfg.d_model, model.cfg.n_tokens
     t0 = time.time()
@@ -341,8 +340,9 @@ def stage_shortcut(cfg, model, vq, data, dev):
     x, p = torch.full((2, N), model.mask_id, device=dev), encode_prompts(["a red circle"] * 2).to(dev)
     n = 1 if cfg.sc_uncond == "cache" else 2
     f = torch.zeros(n, N, D, device=dev)
-    base_flops, base_ops = cost(lambda: model(x, p))
-    sc_flops, sc_ops = cost(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
+    with torch.no_grad(), autocast(dev):  # as the samplers run them (on CUDA the bf16 casts count too)
+        base_flops, base_ops = cost(lambda: model(x, p))
+        sc_flops, sc_ops = cost(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality

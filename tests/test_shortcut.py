@@ -74,6 +74,44 @@ def test_a_few_training_steps_lower_the_feature_mse():
     rows = val
     dist = sc.step_distance_mse(net, model, data, rows, max_d=2)
     assert set(dist) == {1, 2} and all(s > 0 and c > 0 for s, c in dist.values())
+    # the base model was an input, not a learner: no gradients, and left as it came (not frozen)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_weights_are_cast_to_bf16_once_per_sampling_call_not_per_step(monkeypatch):
+    """The CUDA path (bf16 autocast) simulated on the CPU. Both samplers run their loop in one autocast region,
+    so autocast's cache casts a weight that requires grad once per call; on a GPU, where this small model waits on
+    kernel launches, per-step casts were a third of a step's launches (README, the GPU preset)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    import sample as sample_module
+    bf16 = lambda device: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    monkeypatch.setattr(sample_module, "autocast", bf16)
+    monkeypatch.setattr(sc, "autocast", bf16)
+    model, net, ids = tiny_model(), sc.Shortcut(32), encode_prompts(PROMPTS)
+    weights = {p.data_ptr() for p in [*model.parameters(), *net.parameters()]}
+
+    class WeightCasts(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func is torch.ops.aten._to_copy.default and args[0].data_ptr() in weights
+            return func(*args, **(kwargs or {}))
+
+    def run(steps, kind):  # -> (tokens, weight casts); the shortcut: base calls at step 0 and halfway
+        with WeightCasts() as casts:
+            g = torch.Generator().manual_seed(0)
+            out = (sample(model, ids, steps, 2.0, generator=g) if kind == "vanilla" else
+                   sc.sample_with_shortcut(model, net, ids, steps, 2, 2.0, 1.0, 4.5, generator=g))
+        return out, casts.n
+
+    for kind in ("vanilla", "shortcut"):
+        (short, few), (long, same) = run(3, kind), run(6, kind)
+        assert 0 < few == same, kind
+        model.requires_grad_(False)  # frozen weights are not cached: every step casts again...
+        (short_f, few_f), (long_f, more) = run(3, kind), run(6, kind)
+        model.requires_grad_(True)
+        assert more > few_f >= few, kind
+        assert torch.equal(short, short_f) and torch.equal(long, long_f), kind  # ...to the same values
 
 
 def test_chained_loss_by_hand_and_unrolled_training():
