@@ -225,11 +225,15 @@ def test_a_device_that_is_not_there_is_refused_with_a_message(monkeypatch):
     assert config.pick_device("auto") == torch.device("cuda")  # autodetect: cuda first
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_says_how_to_go_on_without_a_traceback(tmp_path):
     out, log = tmp_path / "run", tmp_path / "stderr.txt"
+    # SIGINT back to its default in the child: a shell that starts the tests in the background (`cmd &`) sets it
+    # to ignored, the child inherits that, and Python then never raises KeyboardInterrupt (seen: a 60 s timeout)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     with open(log, "w") as err:  # a file, not a pipe: nothing blocks however much tqdm writes
         p = subprocess.Popen([sys.executable, "train.py", "--preset", "tiny", "--out", str(out), "--pretrain-steps",
-                              "100000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+                              "100000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=default_sigint)
         metrics = out / "metrics.jsonl"
         for _ in range(1200):  # wait (up to 2 min) until a pretraining step is logged: the loop is running
             if p.poll() is not None or (metrics.exists() and '"pretrain"' in metrics.read_text()):
