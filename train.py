@@ -340,9 +340,11 @@ def stage_shortcut(cfg, model, vq, data, dev):
     x, p = torch.full((2, N), model.mask_id, device=dev), encode_prompts(["a red circle"] * 2).to(dev)
     n = 1 if cfg.sc_uncond == "cache" else 2
     f = torch.zeros(n, N, D, device=dev)
-    with torch.no_grad(), autocast(dev):  # as the samplers run them (on CUDA the bf16 casts count too)
-        base_flops, base_ops = cost(lambda: model(x, p))
-        sc_flops, sc_ops = cost(lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev)))
+    with torch.no_grad(), autocast(dev):  # a step as the sampling loop runs it: on CUDA in bf16, weights cast already
+        step_fns = [lambda: model(x, p), lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev))]
+        for fn in step_fns:  # fill autocast's cache of bf16 weights, as a sampling loop's first step does
+            fn()
+        (base_flops, base_ops), (sc_flops, sc_ops) = [cost(fn) for fn in step_fns]
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality
