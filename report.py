@@ -136,9 +136,14 @@ def speed_table_lines(table):
                     for r in table]
 
 
+def mse_text(mse):
+    """The codebook's reconstruction MSE as read: the grid-aligned world has few distinct patches, so often 0."""
+    return "0 (lossless)" if mse == 0 else f"{mse:.1e}"
+
+
 def write_report(cfg, dev, vq_mse, res):
     pre = res["pretrain"]
-    vq = "0 (lossless)" if vq_mse == 0 else f"{vq_mse:.1e}"  # the grid-aligned world has few distinct patches
+    vq = mse_text(vq_mse)
     lines = [
         "# Report", "",
         f"Preset `{cfg.preset}` on `{dev}`; command: `python {' '.join(sys.argv)}`", "",

@@ -60,8 +60,7 @@ def stage_codebook(cfg, data):
     vq = VQCodebook.fit(data["fit"].float() / 255, cfg.codebook_size, cfg.patch,
                         torch.Generator().manual_seed(cfg.seed + 1), progress=True)
     mse = ((vq.decode(vq.encode(data["eval_ref"].float() / 255)) - data["eval_ref"].float() / 255) ** 2).mean()
-    print(f"[codebook] K={cfg.codebook_size} fitted in {time.time() - t0:.1f}s, eval-set reconstruction MSE "
-          f"{'0 (lossless)' if mse == 0 else f'{mse:.2e}'}")
+    print(f"[codebook] K={cfg.codebook_size} fitted in {time.time() - t0:.1f}s, VQ MSE {report.mse_text(mse)}")
     save_stage(cfg, "codebook", dict(state=vq.state_dict(), mse=float(mse)))
     return vq
 
