@@ -52,17 +52,19 @@ def stage_data(cfg):
 
 
 def stage_codebook(cfg, data):
+    """-> (the VQ codebook, its reconstruction MSE on the evaluation set's reference images)."""
     if (ck := load_stage(cfg, "codebook")) is not None:
         vq = VQCodebook(cfg.codebook_size, cfg.patch)
         vq.load_state_dict(ck["state"])
-        return vq
+        return vq, ck["mse"]
     t0 = time.time()
     vq = VQCodebook.fit(data["fit"].float() / 255, cfg.codebook_size, cfg.patch,
                         torch.Generator().manual_seed(cfg.seed + 1), progress=True)
-    mse = ((vq.decode(vq.encode(data["eval_ref"].float() / 255)) - data["eval_ref"].float() / 255) ** 2).mean()
+    ref = data["eval_ref"].float() / 255
+    mse = ((vq.decode(vq.encode(ref)) - ref) ** 2).mean().item()
     print(f"[codebook] K={cfg.codebook_size} fitted in {time.time() - t0:.1f}s, VQ MSE {report.mse_text(mse)}")
-    save_stage(cfg, "codebook", dict(state=vq.state_dict(), mse=float(mse)))
-    return vq
+    save_stage(cfg, "codebook", dict(state=vq.state_dict(), mse=mse))
+    return vq, mse
 
 
 def lr_at(step, cfg, total):
@@ -190,7 +192,7 @@ def stage_rl(cfg, model, vq, data, dev):
         model.load_state_dict(ck["state"])
         return model, ck
     ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 4)  # ref: the pretrained weights
-    held, _ = eval_subset(cfg, data, cfg.compare_eval_prompts)
+    held = held_out_prompts(cfg, data)
     start, log, t0, eval_seconds = 0, [], time.time(), 0.0
     if (snap := load_progress(cfg, "rl")) is not None:  # a crashed run: go on exactly where it stopped
         start, log, curve, eval_seconds = snap["done"], snap["log"], snap["curve"], snap["eval_seconds"]
@@ -245,11 +247,10 @@ def pick_variants(spec):
         raise SystemExit(f"--compare-variants takes comma-separated indices 0-{len(VARIANTS) - 1}, got {spec!r}")
 
 
-def eval_subset(cfg, data, n):
-    """n prompts spread evenly over the fixed evaluation set (balanced categories), one sample each."""
-    idx = list(range(0, len(data["eval_prompts"]), cfg.eval_samples))
-    idx = idx[:: max(1, len(idx) // n)][:n]
-    return [data["eval_prompts"][i] for i in idx], data["eval_ref"][idx].float() / 255
+def held_out_prompts(cfg, data):
+    """compare_eval_prompts prompts spread evenly over the evaluation set (balanced categories): RL's curves."""
+    n, idx = cfg.compare_eval_prompts, list(range(0, len(data["eval_prompts"]), cfg.eval_samples))
+    return [data["eval_prompts"][i] for i in idx[:: max(1, len(idx) // n)][:n]]
 
 
 def stage_compare(cfg, vq, data, dev):
@@ -262,7 +263,7 @@ def stage_compare(cfg, vq, data, dev):
     pre_state = torch.load(os.path.join(cfg.out, "pretrain.pt"), map_location="cpu", weights_only=False)["state"]
     n_up = cfg.compare_updates or cfg.rl_updates
     marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
-    prompts, _ = eval_subset(cfg, data, cfg.compare_eval_prompts)
+    prompts = held_out_prompts(cfg, data)
     model = MaskedTransformer(model_config(cfg)).to(dev)
     acc = lambda m: held_out_accuracy(cfg, m, vq, prompts, dev)
     model.load_state_dict(pre_state)
@@ -379,7 +380,7 @@ def main(argv=None):
     make_out(cfg.out)
     t0 = time.time()
     data = stage_data(cfg)
-    vq = stage_codebook(cfg, data)
+    vq, vq_mse = stage_codebook(cfg, data)
     model, pre = stage_pretrain(cfg, vq, dev)
     res = dict(cfg=cfg, pretrain=pre, eval_pretrain=stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev))
     write_trajectory_gif(cfg, model, vq, dev)
@@ -390,7 +391,6 @@ def main(argv=None):
         res["shortcut"] = stage_shortcut(cfg, model, vq, data, dev)
     if cfg.compare:
         res["compare"] = stage_compare(cfg, vq, data, dev)
-    vq_mse = torch.load(os.path.join(cfg.out, "codebook.pt"), weights_only=False)["mse"]
     report.write_report(cfg, dev, vq_mse, res)
     print(f"done in {time.time() - t0:.0f}s; see {cfg.out}/report.md")
     return res

@@ -222,7 +222,12 @@ def test_a_device_that_is_not_there_is_refused_with_a_message(monkeypatch):
     with pytest.raises(SystemExit, match="there are 1 CUDA devices"):
         config.pick_device("cuda:1")
     assert config.pick_device("cuda:0") == torch.device("cuda:0") and config.pick_device("cpu").type == "cpu"
-    assert config.pick_device("auto") == torch.device("cuda")  # autodetect: cuda first
+    assert config.pick_device("auto") == torch.device("cuda")  # autodetect (CUDA patched in above): cuda first...
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert config.pick_device(None) == torch.device("mps")  # ...then mps...
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert config.pick_device("auto") == torch.device("cpu")  # ...then the cpu
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
