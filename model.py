@@ -139,7 +139,7 @@ PROMPT_LEN = 8  # "a red circle left of a blue square"
 def encode_prompts(prompts):
     """list of B prompts -> (B, PROMPT_LEN) long word ids, <pad>-filled. ValueError outside the grammar."""
     rows = []
-    for p in prompts:
+    for p in world.prompt_list(prompts):
         world.parse_prompt(p)  # raises a clear error for anything outside the grammar
         ids = [WORD_ID[w] for w in p.split(" ")]
         rows.append(ids + [WORD_ID["<pad>"]] * (PROMPT_LEN - len(ids)))

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from world import (CATEGORIES, COLOR_NAMES, COLORS, MAX_SIZE, MIN_SIZE, PALETTE, REL_MARGIN, RELATIONS, SHAPES,
-                   category, parse_prompt)
+                   category, parse_prompt, prompt_list)
 
 BLOB = len(SHAPES)  # shape index of a component that is no legal shape
 
@@ -205,7 +205,7 @@ def _score(want, got, pos, rel, H):
 @torch.no_grad()
 def reward(images, prompts):
     """(B, 3, H, H) images in [0, 1] and B prompts -> (B,) reward in [0, 1]; 1.0 iff satisfied."""
-    prompts = list(prompts)
+    prompts = prompt_list(prompts)
     check_images(images, len(prompts))
     if not prompts:
         return torch.zeros(0)
@@ -221,7 +221,7 @@ def failure_modes(images, prompts):
     """Why each sample fails: B names from FAILURES, the first that applies in that order.
     "colours and shapes swapped": the right colours and the right shapes, bound to each other
     wrongly ("a red circle and a blue square" drawn as a blue circle and a red square)."""
-    prompts = list(prompts)
+    prompts = prompt_list(prompts)
     check_images(images, len(prompts))
     if not prompts:
         return []

@@ -88,6 +88,13 @@ def category(prompt):
     return parse_prompt(prompt)[0]
 
 
+def prompt_list(prompts):
+    """prompts -> list. One bare str is refused: iterating it would give its characters as prompts."""
+    if isinstance(prompts, str):
+        raise ValueError(f"expected a list of prompts, got the single str {prompts!r}; pass [{prompts!r}]")
+    return list(prompts)
+
+
 def make_prompt(cat, objs, relation=None):
     """Inverse of parse_prompt."""
     if cat == "single":
@@ -262,7 +269,7 @@ def render(prompts, image_size, generator, antialias=False, grid=1, device=None)
     of p): then each shape of each size is always the same few codes, which a small model learns
     far faster (train.py uses grid = patch). Placement draws from `generator` (CPU); the pixels are
     drawn on `device` (train.py renders its training batches straight onto the GPU)."""
-    H = image_size
+    H, prompts = image_size, prompt_list(prompts)
     object_sizes(H, grid)  # refuses a size or grid with no room for an object before any work
     img_idx, colors, shapes, cxs, cys, sizes = [], [], [], [], [], []
     for b, p in enumerate(prompts):

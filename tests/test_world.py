@@ -38,6 +38,18 @@ def test_bad_grammar_input_is_refused():
             W.parse_prompt(bad)
 
 
+def test_one_bare_prompt_string_is_refused_where_a_list_is_expected():
+    """A str is iterable, so without the check it would become one prompt per character."""
+    import model
+    import rewards
+    x = torch.zeros(1, 3, 32, 32)
+    for call in (lambda p: W.render(p, 32, torch.Generator()), lambda p: rewards.reward(x, p),
+                 lambda p: rewards.failure_modes(x, p), model.encode_prompts):
+        with pytest.raises(ValueError, match=r"single str 'a red circle'; pass \['a red circle'\]"):
+            call("a red circle")
+        call(("a red circle",))  # any other iterable of prompts is fine
+
+
 def test_token_aligned_objects_sit_on_the_grid():
     g = torch.Generator().manual_seed(3)
     for cat, objs, rel in map(W.parse_prompt, W.sample_prompts(200, g)):
