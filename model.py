@@ -146,6 +146,16 @@ def encode_prompts(prompts):
     return torch.tensor(rows, dtype=torch.long).view(len(rows), PROMPT_LEN)
 
 
+def check_prompt_ids(prompt_ids, batch=None):
+    """Refuse anything but the (B, PROMPT_LEN) long tensor encode_prompts makes (shape and dtype only: no sync)."""
+    if not isinstance(prompt_ids, torch.Tensor):
+        raise ValueError(f"prompt_ids must be a tensor from encode_prompts(list of prompts), got {type(prompt_ids).__name__}")
+    if prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != PROMPT_LEN or (
+            batch is not None and prompt_ids.shape[0] != batch):
+        want = f"({'B' if batch is None else batch}, {PROMPT_LEN}) long"
+        raise ValueError(f"prompt_ids must be {want} (encode_prompts), got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
+
+
 def null_prompts(n, device=None):
     """(n, PROMPT_LEN) ids of the unconditional prompt (classifier-free guidance)."""
     return torch.full((n, PROMPT_LEN), WORD_ID["<null>"], dtype=torch.long, device=device)
@@ -220,6 +230,7 @@ class MaskedTransformer(nn.Module):
         B, N = tokens.shape
         if N != self.cfg.n_tokens:
             raise ValueError(f"expected {self.cfg.n_tokens} image tokens, got {N}")
+        check_prompt_ids(prompt_ids, B)
         p = self.word_emb(prompt_ids) + self.word_pos  # (B, L, D)
         x = torch.cat([p, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
         for blk in self.blocks:

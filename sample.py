@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from model import autocast, null_prompts
+from model import autocast, check_prompt_ids, null_prompts
 
 
 def mask_counts(T, N):
@@ -120,6 +120,8 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
     """One decoding step from guided logits (B, N, K). n_commit: how many tokens "confidence" commits in
     every row (commit_counts(T, N)[t]; "stochastic" ignores it). Returns new state, committed, tokens, logp,
     entropy."""
+    if not temperature > 0:  # 0 would divide the logits into nan and commit token 0 everywhere, silently
+        raise ValueError(f"temperature must be above 0 (try 1e-3 for near-greedy sampling), got {temperature}")
     masked = state == mask_id  # (B, N)
     logits = logits / temperature
     if token_temperature is not None:
@@ -148,6 +150,7 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
 def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temperature=4.5,
            mode="confidence", generator=None, record=False, token_temperature=None, record_features=False):
     """Generate (B, N) tokens for prompt_ids (B, L). record=True -> (tokens, Trajectory)."""
+    check_prompt_ids(prompt_ids)
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     dev = prompt_ids.device
     commits = commit_counts(steps, N)
@@ -251,6 +254,8 @@ if __name__ == "__main__":
         ap.error(str(e))
     if min(args.n, args.batch) < 1:
         ap.error(f"--n and --batch must be at least 1, got {args.n} and {args.batch}")
+    if args.temperature is not None and not args.temperature > 0:
+        ap.error(f"--temperature must be above 0, got {args.temperature}")
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
     cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg

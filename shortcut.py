@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import autocast
+from model import autocast, check_prompt_ids
 from sample import branch_features, commit_counts, cost, guided_logits, sample_step
 
 # ----------------------------------------------------------------------------------
@@ -143,6 +143,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
     if uncond not in ("shortcut", "cache"):
         raise ValueError(f"uncond must be 'shortcut' or 'cache', got {uncond!r}")
+    check_prompt_ids(prompt_ids)
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     commits = commit_counts(steps, N)
     calls = set(call_steps(steps, budget))

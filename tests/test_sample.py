@@ -96,6 +96,20 @@ def test_sampler_is_reproducible(model):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_bad_prompt_ids_and_zero_temperature_are_refused(model):
+    """Each of these used to fail deep inside torch (cat, embedding) or, temperature 0, give nan logits and
+    all-zero tokens without a word."""
+    ids, g = prompts(2), torch.Generator().manual_seed(0)
+    for bad, msg in [(ids[0], r"\(B, 8\) long .* got \(8,\)"), (ids.float(), "float32"), (ids[:, :5], r"got \(2, 5\)"),
+                     (["a red circle"], "got list")]:
+        with pytest.raises(ValueError, match=msg):
+            sample(model, bad, 4, generator=g)
+    with pytest.raises(ValueError, match=r"must be \(3, 8\) long"):  # the forward pass checks the batch too
+        model(torch.zeros(3, 16, dtype=torch.long), ids)
+    with pytest.raises(ValueError, match="temperature must be above 0"):
+        sample(model, ids, 4, temperature=0.0, generator=g)
+
+
 def test_token_temperature_hook_is_used(model):
     ids = prompts(3)
     seen = {}
