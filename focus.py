@@ -145,6 +145,8 @@ def critical_tokens(traj, group_size, frac=0.3, embeddings=None):
     the earliest committed, the largest entropy-map gradients, the least alike across the group."""
     B, N = traj.final.shape
     side = math.isqrt(N)
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac is the share of the N tokens to pick, in (0, 1]; got {frac}")
     if side * side != N:
         raise ValueError(f"critical_tokens needs a square token grid, got N={N} tokens")
     n_total = round(frac * N)

@@ -34,7 +34,7 @@ from sample import policy_logits, sample
 def group_advantages(rewards, group_size, eps=1e-4):
     """rewards (B,), B = groups * group_size, samples of a prompt contiguous ->
     (advantages (B,), fraction of groups whose rewards are all equal: their advantage is 0)."""
-    if rewards.ndim != 1 or rewards.numel() % group_size:
+    if group_size < 1 or rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be (B,) with B a multiple of group_size={group_size}, got {tuple(rewards.shape)}")
     r = rewards.float().view(-1, group_size)  # (groups, G)
     mean, std = r.mean(1, keepdim=True), r.std(1, unbiased=False, keepdim=True)
@@ -102,6 +102,10 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
     """Per token: -min(rho A, clip(rho, 1-eps, 1+eps) A) * w + beta * (exp(ref - logp) - (ref - logp) - 1),
     rho = exp(logp - old_logp); summed over `mask` and divided by its count (token-level mean).
     logp, old_logp, ref_logp, mask, weights: (B, ...); advantages: (B,)."""
+    shapes = [tuple(x.shape) for x in (logp, old_logp, ref_logp, mask, weights) if x is not None]
+    if len(set(shapes)) > 1 or tuple(advantages.shape) != shapes[0][:1]:  # broadcasting would hide a mix-up
+        raise ValueError(f"logp, old_logp, ref_logp, mask (and weights) must share one shape (B, ...) and "
+                         f"advantages be (B,), got {shapes} and {tuple(advantages.shape)}")
     mask = mask.float()
     A = advantages.view(-1, *([1] * (logp.ndim - 1)))  # broadcast over the token dims
     rho = torch.exp(logp - old_logp)

@@ -63,6 +63,9 @@ def test_critical_tokens_count_disjoint_and_earliest():
         focus.critical_tokens(hand_trajectory(T=6, B=4, N=15), group_size=2)
     with pytest.raises(ValueError, match="whole groups"):
         focus.critical_tokens(traj, group_size=3)
+    for frac in (0.0, 1.5):  # 1.5 would ask topk for more positions than there are
+        with pytest.raises(ValueError, match=r"frac is the share of the N tokens to pick, in \(0, 1\]"):
+            focus.critical_tokens(traj, group_size=2, frac=frac)
 
 
 def test_group_similarity_by_hand():

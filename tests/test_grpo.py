@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 import grpo
@@ -17,6 +18,8 @@ def test_group_advantages_by_hand():
     std3 = math.sqrt(3) / 4  # group 3: mean 1/4
     assert torch.allclose(adv[8:], torch.tensor([-0.25, -0.25, -0.25, 0.75]) / (std3 + 1e-4))
     assert abs(flat - 1 / 3) < 1e-6
+    with pytest.raises(ValueError, match="multiple of group_size=0"):
+        group_advantages(r, 0)
 
 
 def test_grpo_loss_matches_a_direct_computation():
@@ -52,6 +55,12 @@ def test_grpo_loss_matches_a_direct_computation():
     assert lp.grad[1, 0] != 0  # rho = 1: the surrogate's gradient is -A / n
     assert abs(lp.grad[1, 0].item() - (1.0 / 5)) < 1e-6
     assert lp.grad[0, 2] == 0  # masked out
+    # shapes that broadcast but do not match are refused: (B, N) against (B, S, N) with B == S would
+    # silently pair batch rows with steps
+    with pytest.raises(ValueError, match="must share one shape"):
+        grpo_loss(logp[:, None].expand(2, 2, 3), old[:, None].expand(2, 2, 3), ref[:, None].expand(2, 2, 3), adv, mask)
+    with pytest.raises(ValueError, match="advantages be"):
+        grpo_loss(logp, old, ref, adv[:1], mask)
 
 
 def tiny_model():
