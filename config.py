@@ -374,6 +374,19 @@ def load_generator(out, dev, pretrained=False):
     return model.eval(), vq.to(dev), cfg
 
 
+def load_shortcut(out, dev):
+    """(shortcut net, its checkpoint dict: state, config, table, ...) from a finished run's shortcut.pt,
+    built at the sizes it was trained at (f_in maps d_model to the bottleneck width)."""
+    path = os.path.join(out, "shortcut.pt")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} is missing: run `python train.py --out {out}` first")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    width, d_model = ck["state"]["f_in.weight"].shape
+    net = shortcut.Shortcut(d_model, width)
+    net.load_state_dict(ck["state"])
+    return net.to(dev).eval(), ck
+
+
 if __name__ == "__main__":
     # python config.py --preset gpu --rl-lr 3e-5: print the settings train.py would run with
     cfg = parse_config(None, "Print the Config train.py would run with for these flags.")

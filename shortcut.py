@@ -349,14 +349,13 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    if not os.path.exists(f"{args.ckpt}/shortcut.pt"):
-        raise SystemExit(f"{args.ckpt}/shortcut.pt is missing: run `python train.py --out {args.ckpt}` first")
-    ck = torch.load(f"{args.ckpt}/shortcut.pt", map_location="cpu", weights_only=False)
+    import config
+    dev = config.pick_device(args.device)
+    net, ck = config.load_shortcut(args.ckpt, dev)
     if args.prompt is None:
         from report import speed_table_lines
         print("\n".join(speed_table_lines(ck["table"])))
     else:
-        import config
         import report
         import rewards
         import world
@@ -365,16 +364,12 @@ if __name__ == "__main__":
             world.parse_prompt(args.prompt)
         except ValueError as e:
             ap.error(str(e))
-        dev = config.pick_device(args.device)
         model, vq, cfg = config.load_generator(args.ckpt, dev)
         T = cfg.sample_steps
         args.budget = min(T, max(2, T // 4)) if args.budget is None else args.budget  # T=16: 4, the table's first
         if not 1 <= args.budget <= T or args.n < 1:
             ap.error(f"--budget must be between 1 and the run's {T} sampling steps and --n at least 1, "
                      f"got {args.budget} and {args.n}")
-        net = Shortcut(cfg.d_model, ck["state"]["f_in.weight"].shape[0]).to(dev)  # the width it was trained at
-        net.load_state_dict(ck["state"])
-        net.eval()
         ids = encode_prompts([args.prompt] * args.n).to(dev)
         kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
                   uncond=ck["config"]["sc_uncond"])

@@ -104,6 +104,14 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
     with pytest.raises(SystemExit, match="indices 0-4"):
         train.pick_variants("1,9")
+    # README's "from Python" block, on this run (tiny: T=4, so its budget of 4 base calls is all of them)
+    block = re.search(r"```python\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S).group(1)
+    res = subprocess.run([sys.executable, "-c", block.replace('"out"', repr(out))], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("tensor([") and lines[2].startswith("tensor(["), res.stdout
+    assert lines[1].startswith("['") and lines[1].count("'") == 16, res.stdout  # 8 verdicts from FAILURES
     # the demos read the run's own settings: sampling from eval_pretrain.pt, RL from rl.pt (tiny: T=4, k=2)
     cfg = config.load_generator(out, torch.device("cpu"))[2]
     assert (cfg.sample_steps, cfg.rl_k, cfg.d_model) == (4, 2, config.PRESETS["tiny"]["d_model"])
