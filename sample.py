@@ -256,6 +256,8 @@ if __name__ == "__main__":
         ap.error(f"--n and --batch must be at least 1, got {args.n} and {args.batch}")
     if args.temperature is not None and not args.temperature > 0:
         ap.error(f"--temperature must be above 0, got {args.temperature}")
+    if args.cfg is not None and args.cfg < 0:  # as train.py's --cfg-scale: 0 is no guidance, w > 0 guides
+        ap.error(f"--cfg must be at least 0, got {args.cfg}")
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
     cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg

@@ -145,6 +145,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 16 image tokens"),
                              ("sample.py", ["--prompt", "a purple circle"], "unknown colour 'purple'"),
                              ("sample.py", ["--temperature", "0"], "--temperature must be above 0, got 0.0"),
+                             ("sample.py", ["--cfg", "-1"], "--cfg must be at least 0, got -1.0"),
                              ("focus.py", ["--k", "9"], "need 1 <= --k <= --steps"),
                              ("grpo.py", ["--group", "1"], "--group at least 2"),
                              ("shortcut.py", ["--prompt", "a red circle", "--budget", "5"],
