@@ -54,7 +54,7 @@ class Config:
     prompt_drop: float = 0.1
     # sampling and evaluation
     sample_steps: int = 16  # = the 16 tokens: one per step (T=12 lifted RL about half as much, README)
-    cfg_scale: float = 2.0
+    cfg_scale: float = 2.0  # w in uncond + w (cond - uncond); 0 turns CFG off (one conditional pass)
     temperature: float = 0.8
     choice_temperature: float = 4.5
     eval_prompts: int = 400  # fixed, seeded, balanced over the four categories

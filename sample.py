@@ -13,7 +13,9 @@ sampled at every masked position, and some of them are committed (kept for good)
               No confidence ordering, so rollouts are more diverse; the counts are random.
 
 Classifier-free guidance mixes a conditional and a null-prompt pass,
-logits = uncond + w * (cond - uncond) (constant w; the papers often ramp it up).
+logits = uncond + w * (cond - uncond) (constant w; the papers often ramp it up). w = 0 is the
+switch that turns CFG off: one conditional pass, the logits of w = 1 at half the cost (not the
+unconditional logits the formula would give at w = 0).
 Temperature divides the logits, and `token_temperature(logits, entropy, masked)` may
 return per-token temperatures (B, N) (focus.py plugs MaskFocus's entropy routing in here).
 All randomness comes from the explicit torch.Generator: same seed, same device, same images.

@@ -110,6 +110,14 @@ def test_bad_prompt_ids_and_zero_temperature_are_refused(model):
         sample(model, ids, 4, temperature=0.0, generator=g)
 
 
+def test_cfg_scale_zero_is_the_conditional_pass(model):
+    """w = 0 switches CFG off: the logits of w = 1 (uncond + 1 * (cond - uncond)) from one pass, not the
+    unconditional logits; w = 2 moves away from both."""
+    ids, state = prompts(2), torch.full((2, 16), model.mask_id)
+    off, one, two = (policy_logits(model, state, ids, w) for w in (0.0, 1.0, 2.0))
+    assert torch.allclose(off, one, atol=1e-5) and not torch.allclose(two, one, atol=1e-3)
+
+
 def test_token_temperature_hook_is_used(model):
     ids = prompts(3)
     seen = {}
