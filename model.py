@@ -149,11 +149,13 @@ def encode_prompts(prompts):
 def check_prompt_ids(prompt_ids, batch=None):
     """Refuse anything but the (B, PROMPT_LEN) long tensor encode_prompts makes (shape and dtype only: no sync)."""
     if not isinstance(prompt_ids, torch.Tensor):
-        raise ValueError(f"prompt_ids must be a tensor from encode_prompts(list of prompts), got {type(prompt_ids).__name__}")
+        raise ValueError(f"prompt_ids must be the tensor encode_prompts(list of prompts) makes, "
+                         f"got {type(prompt_ids).__name__}")
     if prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != PROMPT_LEN or (
             batch is not None and prompt_ids.shape[0] != batch):
         want = f"({'B' if batch is None else batch}, {PROMPT_LEN}) long"
-        raise ValueError(f"prompt_ids must be {want} (encode_prompts), got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
+        raise ValueError(f"prompt_ids must be {want} (encode_prompts), "
+                         f"got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
 
 
 def null_prompts(n, device=None):
