@@ -152,6 +152,13 @@ RANGES = [
 ]
 
 
+def out_of_range(name, value):
+    """'must be ...' when value breaks the RANGES rule of Config field `name`, else None."""
+    for what, ok, names in RANGES:
+        if name in names.split() and not ok(value):
+            return f"must be {what}, got {value}"
+
+
 def stage_config(cfg, stage):
     if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
         return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
@@ -193,10 +200,9 @@ def parse_config(argv=None, description=None):
     # None: flag not given; False: a store_true flag not given (0 and 0.0 are real values)
     overrides = {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "preset"}
     cfg = dataclasses.replace(cfg, **overrides)
-    for what, ok, names in RANGES:
-        for name in names.split():
-            if not ok(getattr(cfg, name)):
-                ap.error(f"{flag(name)} must be {what}, got {getattr(cfg, name)}")
+    for f in dataclasses.fields(cfg):
+        if problem := out_of_range(f.name, getattr(cfg, f.name)):
+            ap.error(f"{flag(f.name)} {problem}")
     try:  # room for an object of a legal size on the grid
         world.object_sizes(cfg.image_size, cfg.grid)
     except ValueError as e:
@@ -351,12 +357,18 @@ def state_dict(model):
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def require(out, *names):
+    """The path of the last of `names` in a run folder; a missing one stops with what to run."""
+    for name in names:
+        if not os.path.exists(path := os.path.join(out, name)):
+            raise SystemExit(f"{path} is missing: run `python train.py --out {out}` first")
+    return path
+
+
 def load_generator(out, dev, pretrained=False):
     """(model, vq, cfg) from a finished run's folder: the RL weights when there are any (and not
     `pretrained`), else the pretrained ones."""
-    for name in ("codebook.pt", "pretrain.pt"):
-        if not os.path.exists(os.path.join(out, name)):
-            raise SystemExit(f"{out}/{name} is missing: run `python train.py --out {out}` first")
+    require(out, "codebook.pt", "pretrain.pt")
     pre = torch.load(os.path.join(out, "pretrain.pt"), map_location="cpu", weights_only=False)
     cb = torch.load(os.path.join(out, "codebook.pt"), map_location="cpu", weights_only=False)
     # each stage's checkpoint holds every field up to its stage: the sampling settings (steps, CFG,
@@ -377,10 +389,7 @@ def load_generator(out, dev, pretrained=False):
 def load_shortcut(out, dev):
     """(shortcut net, its checkpoint dict: state, config, table, ...) from a finished run's shortcut.pt,
     built at the sizes it was trained at (f_in maps d_model to the bottleneck width)."""
-    path = os.path.join(out, "shortcut.pt")
-    if not os.path.exists(path):
-        raise SystemExit(f"{path} is missing: run `python train.py --out {out}` first")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(require(out, "shortcut.pt"), map_location="cpu", weights_only=False)
     width, d_model = ck["state"]["f_in.weight"].shape
     net = shortcut.Shortcut(d_model, width)
     net.load_state_dict(ck["state"])

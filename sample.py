@@ -117,13 +117,20 @@ def gumbel(shape, generator, device):
     return -torch.log(-torch.log(u))
 
 
+def check_sampling(prompt_ids, temperature):
+    """Once per sampling call (sample, shortcut.sample_with_shortcut), before any work: prompt_ids as
+    encode_prompts makes them, and a temperature above 0 (0 would turn the logits into nan and commit
+    token 0 everywhere, silently)."""
+    check_prompt_ids(prompt_ids)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be above 0 (try 1e-3 for near-greedy sampling), got {temperature}")
+
+
 def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature, generator,
                 temperature=1.0, token_temperature=None):
     """One decoding step from guided logits (B, N, K). n_commit: how many tokens "confidence" commits in
     every row (commit_counts(T, N)[t]; "stochastic" ignores it). Returns new state, committed, tokens, logp,
     entropy."""
-    if not temperature > 0:  # 0 would divide the logits into nan and commit token 0 everywhere, silently
-        raise ValueError(f"temperature must be above 0 (try 1e-3 for near-greedy sampling), got {temperature}")
     masked = state == mask_id  # (B, N)
     logits = logits / temperature
     if token_temperature is not None:
@@ -152,7 +159,7 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
 def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temperature=4.5,
            mode="confidence", generator=None, record=False, token_temperature=None, record_features=False):
     """Generate (B, N) tokens for prompt_ids (B, L). record=True -> (tokens, Trajectory)."""
-    check_prompt_ids(prompt_ids)
+    check_sampling(prompt_ids, temperature)
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     dev = prompt_ids.device
     commits = commit_counts(steps, N)
@@ -256,10 +263,9 @@ if __name__ == "__main__":
         ap.error(str(e))
     if min(args.n, args.batch) < 1:
         ap.error(f"--n and --batch must be at least 1, got {args.n} and {args.batch}")
-    if args.temperature is not None and not args.temperature > 0:
-        ap.error(f"--temperature must be above 0, got {args.temperature}")
-    if args.cfg is not None and args.cfg < 0:  # as train.py's --cfg-scale: 0 is no guidance, w > 0 guides
-        ap.error(f"--cfg must be at least 0, got {args.cfg}")
+    for opt, field, value in (("--temperature", "temperature", args.temperature), ("--cfg", "cfg_scale", args.cfg)):
+        if value is not None and (problem := config.out_of_range(field, value)):  # train.py's rule for the field
+            ap.error(f"{opt} {problem}")
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev)
     cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg

@@ -42,8 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import autocast, check_prompt_ids
-from sample import branch_features, commit_counts, cost, guided_logits, sample_step
+from model import autocast, null_prompts
+from sample import branch_features, check_sampling, commit_counts, cost, guided_logits, sample_step
 
 # ----------------------------------------------------------------------------------
 # The model
@@ -143,7 +143,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
     if uncond not in ("shortcut", "cache"):
         raise ValueError(f"uncond must be 'shortcut' or 'cache', got {uncond!r}")
-    check_prompt_ids(prompt_ids)
+    check_sampling(prompt_ids, temperature)
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     commits = commit_counts(steps, N)
     calls = set(call_steps(steps, budget))
@@ -308,6 +308,20 @@ def time_interleaved(fns, device, rounds=5):
                 fn()
                 ts.append(time.perf_counter() - t0)
     return [statistics.median(ts) for ts in times]
+
+
+@torch.no_grad()
+def step_cost(model, net, branches):
+    """[(FLOPs, ops) of a base-model step, of a shortcut step] for one image, the base model on both CFG branches
+    and the shortcut on the `branches` it moves; run as the sampling loop runs a step (autocast, warmed up)."""
+    dev, N = next(model.parameters()).device, model.cfg.n_tokens
+    x, p = torch.full((2, N), model.mask_id, device=dev), null_prompts(2, dev)  # an empty board, both branches
+    f = torch.zeros(branches, N, model.cfg.d_model, device=dev)  # features in, as the shortcut sees them
+    with autocast(dev):
+        fns = [lambda: model(x, p), lambda: net(f, f, x[:branches] == 0, torch.ones(branches, device=dev))]
+        for fn in fns:
+            fn()  # warm-up: on CUDA it fills autocast's cache of bf16 weights, as a loop's first step does
+        return [cost(fn) for fn in fns]
 
 
 def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):

@@ -30,7 +30,7 @@ import world
 from config import (drop_progress, load_progress, load_stage, log_metrics, make_out, model_config, parse_config,
                     pick_device, restore, save_progress, save_stage, snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
-from sample import cost, sample, save_gif, trajectory_frames
+from sample import sample, save_gif, trajectory_frames
 
 
 # ----------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
     if (ck := load_stage(cfg, "shortcut")) is not None:
         return ck
     g, g_cpu = torch.Generator(dev).manual_seed(cfg.seed + 6), torch.Generator().manual_seed(cfg.seed + 7)
-    T, D, N = cfg.sample_steps, cfg.d_model, model.cfg.n_tokens
+    T, D = cfg.sample_steps, cfg.d_model
     t0 = time.time()
     ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)).to(dev)
     traj = shortcut.collect(model, ids, T, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature, g, cfg.eval_batch)
@@ -335,16 +335,8 @@ def stage_shortcut(cfg, model, vq, data, dev):
         distance = shortcut.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
     train_seconds = time.time() - t0
     del traj
-    # one sampling step's FLOPs for one image (and its ops, the same at any batch): the base model on both CFG
-    # branches vs the shortcut on the branches it moves (with --sc-uncond cache only the conditional one)
-    x, p = torch.full((2, N), model.mask_id, device=dev), encode_prompts(["a red circle"] * 2).to(dev)
-    n = 1 if cfg.sc_uncond == "cache" else 2
-    f = torch.zeros(n, N, D, device=dev)
-    with torch.no_grad(), autocast(dev):  # a step as the sampling loop runs it: on CUDA in bf16, weights cast already
-        step_fns = [lambda: model(x, p), lambda: net(f, f, x[:n] == 0, torch.ones(n, device=dev))]
-        for fn in step_fns:  # fill autocast's cache of bf16 weights, as a sampling loop's first step does
-            fn()
-        (base_flops, base_ops), (sc_flops, sc_ops) = [cost(fn) for fn in step_fns]
+    # one sampling step of each for one image (with --sc-uncond cache the shortcut moves the conditional branch only)
+    (base_flops, base_ops), (sc_flops, sc_ops) = shortcut.step_cost(model, net, 1 if cfg.sc_uncond == "cache" else 2)
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality
