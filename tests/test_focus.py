@@ -102,6 +102,10 @@ def test_token_weights():
     e = [math.exp(-0.2), 1.0, math.exp(0.5), math.exp(0.3)]  # values in generation order
     run = [sum(e[:i + 1]) / (i + 1) for i in range(4)]
     assert torch.allclose(w, torch.tensor([[run[2], run[0], run[1], run[3]]]))
+    for bad in (dict(logp=lp, ref_logp=torch.zeros(4)), dict(logp=lp, ref_logp=ref, mask=torch.ones(2, 4)),
+                dict(logp=lp, ref_logp=ref, order=order.T)):  # these would broadcast, or fail deep in gather
+        with pytest.raises(ValueError, match="share one shape"):
+            focus.token_weights(**bad)
 
 
 def test_focus_rl_step_runs_every_variant():
