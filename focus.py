@@ -173,11 +173,10 @@ def token_weights(logp, ref_logp, mask=None, order=None):
     """GCPO's weight: the running mean, over the generation order, of exp(clip(logp - ref, -0.5, 0.5)).
     logp, ref_logp, mask: (B, S, N) (or (B, N)); order (B, N): a position's rank in generation
     (commit step), None = position order. Masked-out entries do not enter the mean. No gradient."""
-    shapes = [tuple(x.shape) for x in (logp, ref_logp, mask) if x is not None]
-    lead = shapes[0][:1] + shapes[0][-1:]  # (B, N)
-    if len(set(shapes)) > 1 or logp.ndim not in (2, 3) or (order is not None and tuple(order.shape) != lead):
-        raise ValueError(f"logp, ref_logp (and mask) must share one shape (B, S, N) or (B, N) and order be {lead}, "
-                         f"got {shapes} and order {None if order is None else tuple(order.shape)}")
+    shape = grpo.same_shape("logp, ref_logp (and mask)", logp, ref_logp, mask)
+    if len(shape) not in (2, 3) or (order is not None and tuple(order.shape) != shape[:1] + shape[-1:]):
+        raise ValueError(f"logp, ref_logp (and mask) must share one shape (B, S, N) or (B, N) and order be (B, N), "
+                         f"got {shape} and order {None if order is None else tuple(order.shape)}")
     with torch.no_grad():
         v = torch.exp((logp - ref_logp).clamp(-0.5, 0.5))
         m = torch.ones_like(v) if mask is None else mask.float()

@@ -98,14 +98,22 @@ def remask_logp(model, final, prompt_ids, masks, mask_id):
     return torch.stack(out, 1)
 
 
+def same_shape(what, *xs):
+    """The one shape the tensors xs share (None entries skipped); a ValueError naming `what` when they differ:
+    broadcasting would pair the wrong entries without a word ((B, N) against (B, S, N) with B == S)."""
+    shapes = [tuple(x.shape) for x in xs if x is not None]
+    if len(set(shapes)) > 1:
+        raise ValueError(f"{what} must share one shape, got {shapes}")
+    return shapes[0]
+
+
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps=0.2, beta=0.01):
     """Per token: -min(rho A, clip(rho, 1-eps, 1+eps) A) * w + beta * (exp(ref - logp) - (ref - logp) - 1),
     rho = exp(logp - old_logp); summed over `mask` and divided by its count (token-level mean).
     logp, old_logp, ref_logp, mask, weights: (B, ...); advantages: (B,)."""
-    shapes = [tuple(x.shape) for x in (logp, old_logp, ref_logp, mask, weights) if x is not None]
-    if len(set(shapes)) > 1 or tuple(advantages.shape) != shapes[0][:1]:  # broadcasting would hide a mix-up
-        raise ValueError(f"logp, old_logp, ref_logp, mask (and weights) must share one shape (B, ...) and "
-                         f"advantages be (B,), got {shapes} and {tuple(advantages.shape)}")
+    shape = same_shape("logp, old_logp, ref_logp, mask (and weights)", logp, old_logp, ref_logp, mask, weights)
+    if tuple(advantages.shape) != shape[:1]:
+        raise ValueError(f"logp is {shape}, so advantages must be (B,) = {shape[:1]}, got {tuple(advantages.shape)}")
     mask = mask.float()
     A = advantages.view(-1, *([1] * (logp.ndim - 1)))  # broadcast over the token dims
     rho = torch.exp(logp - old_logp)

@@ -317,8 +317,9 @@ def step_cost(model, net, branches):
     dev, N = next(model.parameters()).device, model.cfg.n_tokens
     x, p = torch.full((2, N), model.mask_id, device=dev), null_prompts(2, dev)  # an empty board, both branches
     f = torch.zeros(branches, N, model.cfg.d_model, device=dev)  # features in, as the shortcut sees them
-    with autocast(dev):
-        fns = [lambda: model(x, p), lambda: net(f, f, x[:branches] == 0, torch.ones(branches, device=dev))]
+    none, ratio = torch.zeros(branches, N, dtype=torch.bool, device=dev), torch.ones(branches, device=dev)
+    with autocast(dev):  # the inputs are made above, so each count is the network's own ops
+        fns = [lambda: model(x, p), lambda: net(f, f, none, ratio)]
         for fn in fns:
             fn()  # warm-up: on CUDA it fills autocast's cache of bf16 weights, as a loop's first step does
         return [cost(fn) for fn in fns]

@@ -59,7 +59,7 @@ def test_grpo_loss_matches_a_direct_computation():
     # silently pair batch rows with steps
     with pytest.raises(ValueError, match="must share one shape"):
         grpo_loss(logp[:, None].expand(2, 2, 3), old[:, None].expand(2, 2, 3), ref[:, None].expand(2, 2, 3), adv, mask)
-    with pytest.raises(ValueError, match="advantages be"):
+    with pytest.raises(ValueError, match="advantages must be"):
         grpo_loss(logp, old, ref, adv[:1], mask)
 
 

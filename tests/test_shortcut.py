@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import shortcut as sc
-from model import MaskedTransformer, ModelConfig, encode_prompts
+from model import MaskedTransformer, ModelConfig, encode_prompts, null_prompts
 from report import speed_table_lines
 from sample import cost, sample
 
@@ -215,6 +215,17 @@ def test_speed_table_rows_and_listed_calls(monkeypatch):
     assert f"| 1.00x | {vanilla_ops} | 50.0% |" in lines[2]
     del rows[0]["ops"]  # a table made before the ops column still renders, without it
     assert "| ops |" not in speed_table_lines(rows[:1])[0]
+
+
+def test_step_cost_counts_each_networks_own_ops():
+    model, net = tiny_model(), sc.Shortcut(32)
+    (base_flops, base_ops), (sc_flops, sc_ops) = sc.step_cost(model, net, 1)
+    x, p = torch.full((2, 16), model.mask_id), null_prompts(2)  # both CFG branches of an empty board
+    assert base_ops == cost(lambda: model(x, p))[1]
+    f, none, ratio = torch.zeros(1, 16, 32), torch.zeros(1, 16, dtype=torch.bool), torch.ones(1)
+    assert sc_ops == cost(lambda: net(f, f, none, ratio))[1]  # making the inputs is not the net's cost
+    two = sc.step_cost(model, net, 2)[1]  # the shortcut on both branches: twice the FLOPs, the same ops
+    assert two == (2 * sc_flops, sc_ops) and sc_flops < base_flops / 2
 
 
 def test_speed_table_times_a_batch_larger_than_the_prompts(monkeypatch):
