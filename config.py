@@ -143,8 +143,9 @@ COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "c
 # the range every numeric field must lie in, checked before any work starts (a zero batch once trained nothing)
 RANGES = [
     ("at least 1", lambda v: v >= 1, "patch fit_images d_model n_layers n_heads pretrain_steps batch_size eval_samples "
-     "eval_batch rl_prompts rl_mu compare_seeds compare_eval_prompts sc_batch sc_bench_batch"),
-    ("at least 2", lambda v: v >= 2, "codebook_size sc_prompts"),  # sc_prompts: a training and a validation split
+     "eval_batch rl_prompts rl_mu compare_seeds compare_eval_prompts sc_batch sc_bench_batch sc_unroll"),
+    # group_size: advantages compare the samples of a prompt; sc_prompts: a training and a validation split
+    ("at least 2", lambda v: v >= 2, "codebook_size group_size sc_prompts"),
     ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates beta rl_eval_every "
      "compare_updates sc_iters sc_width snapshot_secs"),
     ("above 0", lambda v: v > 0, "lr temperature rl_lr clip_eps sc_lr"),
@@ -219,12 +220,8 @@ def parse_config(argv=None, description=None):
     n_tokens = (cfg.image_size // cfg.patch) ** 2
     if not 1 <= cfg.sample_steps <= n_tokens:  # checked now, not after minutes of pretraining
         ap.error(f"--sample-steps must be between 1 and the {n_tokens} image tokens, got {cfg.sample_steps}")
-    if cfg.sc_unroll < 1:
-        ap.error(f"--sc-unroll must be at least 1, got {cfg.sc_unroll}")
     if not 1 <= cfg.rl_k <= cfg.sample_steps:
         ap.error(f"--rl-k must be between 1 and --sample-steps {cfg.sample_steps}, got {cfg.rl_k}")
-    if cfg.group_size < 2:
-        ap.error(f"--group-size must be at least 2 (advantages compare samples of a prompt), got {cfg.group_size}")
     if cfg.compare and not (cfg.compare_updates or cfg.rl_updates):
         ap.error("--compare needs --compare-updates (or --rl-updates) above 0")
     if cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay":
@@ -263,12 +260,17 @@ def save_atomic(obj, path):
     os.replace(tmp, path)  # a crash leaves the old file or the new one, never half of one
 
 
+def load_checkpoint(path):
+    """A file this project saved, onto the CPU (weights_only=False: ours hold configs and generator states too)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_stage(cfg, stage):
     """The stage's checkpoint if it exists and matches the config; None if missing or --fresh."""
     path = os.path.join(cfg.out, f"{stage}.pt")
     if cfg.fresh or not os.path.exists(path):
         return None
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(path)
     want = stage_config(cfg, stage)
     # a field newer than the checkpoint counts as its default (what the code did before the field existed)
     had = lambda k: ck["config"].get(k, DEFAULTS[k])
@@ -296,7 +298,7 @@ def load_progress(cfg, stage):
     path = progress_path(cfg, stage)
     if cfg.fresh or not os.path.exists(path):
         return None
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = load_checkpoint(path)
     if ck["config"] != stage_config(cfg, stage):
         print(f"[{stage}] {path} was made with other settings: starting the stage over")
         return None
@@ -369,18 +371,15 @@ def load_generator(out, dev, pretrained=False):
     """(model, vq, cfg) from a finished run's folder: the RL weights when there are any (and not
     `pretrained`), else the pretrained ones."""
     require(out, "codebook.pt", "pretrain.pt")
-    pre = torch.load(os.path.join(out, "pretrain.pt"), map_location="cpu", weights_only=False)
-    cb = torch.load(os.path.join(out, "codebook.pt"), map_location="cpu", weights_only=False)
+    ck = lambda name: load_checkpoint(os.path.join(out, f"{name}.pt"))
+    pre, cb = ck("pretrain"), ck("codebook")
     # each stage's checkpoint holds every field up to its stage: the sampling settings (steps, CFG,
     # temperatures) first appear in eval_pretrain.pt and the RL ones in rl.pt, so read the latest there is
     later = [n for n in ("eval_pretrain", "rl", "eval_rl") if os.path.exists(os.path.join(out, f"{n}.pt"))]
-    fields = torch.load(os.path.join(out, f"{later[-1]}.pt"), map_location="cpu", weights_only=False)["config"] \
-        if later else pre["config"]
-    cfg = Config(**fields)
+    cfg = Config(**(ck(later[-1]) if later else pre)["config"])
     model = MaskedTransformer(model_config(cfg)).to(dev)
-    rl = os.path.join(out, "rl.pt")
-    use_rl = os.path.exists(rl) and not pretrained
-    model.load_state_dict(torch.load(rl, map_location="cpu", weights_only=False)["state"] if use_rl else pre["state"])
+    use_rl = os.path.exists(os.path.join(out, "rl.pt")) and not pretrained
+    model.load_state_dict((ck("rl") if use_rl else pre)["state"])
     vq = VQCodebook(cfg.codebook_size, cfg.patch)
     vq.load_state_dict(cb["state"])
     return model.eval(), vq.to(dev), cfg
@@ -389,7 +388,7 @@ def load_generator(out, dev, pretrained=False):
 def load_shortcut(out, dev):
     """(shortcut net, its checkpoint dict: state, config, table, ...) from a finished run's shortcut.pt,
     built at the sizes it was trained at (f_in maps d_model to the bottleneck width)."""
-    ck = torch.load(require(out, "shortcut.pt"), map_location="cpu", weights_only=False)
+    ck = load_checkpoint(require(out, "shortcut.pt"))
     width, d_model = ck["state"]["f_in.weight"].shape
     net = shortcut.Shortcut(d_model, width)
     net.load_state_dict(ck["state"])

@@ -218,11 +218,11 @@ if __name__ == "__main__":
     for stage in ["pretrain", "eval_pretrain", "rl", "eval_rl", "shortcut", "compare"]:
         path = os.path.join(args.out, f"{stage}.pt")
         if os.path.exists(path):
-            res[stage] = torch.load(path, map_location="cpu", weights_only=False)
+            res[stage] = config.load_checkpoint(path)
             fields.update(res[stage]["config"])
     if "eval_pretrain" not in res:
         raise SystemExit(f"{args.out} has no finished pretraining and evaluation (pretrain.pt, eval_pretrain.pt)")
     cfg = config.Config(**fields, out=args.out, preset="(from checkpoints)")
-    vq_mse = torch.load(os.path.join(args.out, "codebook.pt"), weights_only=False)["mse"]
+    vq_mse = config.load_checkpoint(os.path.join(args.out, "codebook.pt"))["mse"]
     write_report(cfg, torch.device("cpu"), vq_mse, res)
     print(f"wrote {args.out}/report.md")

@@ -23,11 +23,13 @@ All randomness comes from the explicit torch.Generator: same seed, same device, 
 
 import argparse
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 
 from model import autocast, check_prompt_ids, null_prompts
 
@@ -206,6 +208,31 @@ def cost(fn):
     return fc.get_total_flops(), ops.n
 
 
+def time_interleaved(fns, device, rounds=5):
+    """Median seconds per call of each fn() in fns: one warm-up call each, then `rounds` rounds that call
+    every fn once in turn (so a slow spell of the machine hits every row alike; the median drops spikes).
+    CUDA events on a GPU, the wall clock elsewhere. shortcut.speed_table times its rows with it, and
+    sample.py --bench one sampling call."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in tqdm(range(rounds), desc="timing", leave=False):
+        for fn, ts in zip(fns, times):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize()
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                ts.append(start.elapsed_time(end) / 1000)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
 def save_gif(frames, path, scale=4, ms=250):
     """frames: list of (3, H, W) images in [0, 1] -> animated GIF (nearest-neighbour upscaled)."""
     from PIL import Image
@@ -278,20 +305,11 @@ if __name__ == "__main__":
     if args.bench:
         prompts = world.sample_prompts(args.batch, torch.Generator().manual_seed(0))
         ids = encode_prompts(prompts).to(dev)
-        sample(model, ids[:8], args.steps, cfg_scale, **kw)  # warm-up
-        times = []
-        for _ in range(3):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            sample(model, ids, args.steps, cfg_scale, **kw)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        best = min(times)
+        sec = time_interleaved([lambda: sample(model, ids, args.steps, cfg_scale, **kw)], dev, rounds=3)[0]
         _, ops = cost(lambda: sample(model, ids[:1], args.steps, cfg_scale, **dict(kw, generator=None)))  # any batch
-        print(f"{dev.type}: batch {args.batch}, T={args.steps}, cfg {cfg_scale}: {args.batch / best:,.1f} images/s "
-              f"({1000 * best / args.batch:.2f} ms/image, best of 3; {ops} aten ops per sampling call)")
+        print(f"{dev.type}: batch {args.batch}, T={args.steps}, cfg {cfg_scale}: {args.batch / sec:,.1f} images/s "
+              f"({1000 * sec / args.batch:.2f} ms/image, median of 3 after a warm-up; "
+              f"{ops} aten ops per sampling call)")
     else:
         ids = encode_prompts([args.prompt] * args.n).to(dev)
         tokens, traj = sample(model, ids, args.steps, cfg_scale, record=True, **kw)

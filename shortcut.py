@@ -34,8 +34,6 @@ move most instead of evenly (no better over three seeds of the GPU preset: FINDI
 import argparse
 import math
 import os
-import statistics
-import time
 
 import torch
 import torch.nn as nn
@@ -43,7 +41,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import autocast, null_prompts
-from sample import branch_features, check_sampling, commit_counts, cost, guided_logits, sample_step
+from sample import (branch_features, check_sampling, commit_counts, cost, guided_logits, sample_step,
+                    time_interleaved)
 
 # ----------------------------------------------------------------------------------
 # The model
@@ -284,30 +283,6 @@ def step_distance_mse(shortcut, model, data, rows, max_d=4):
 
 # ----------------------------------------------------------------------------------
 # Speed and quality table
-
-
-def time_interleaved(fns, device, rounds=5):
-    """Median seconds per call of each fn() in fns: one warm-up call each, then `rounds` rounds that call
-    every fn once in turn (so a slow spell of the machine hits every row alike; the median drops spikes).
-    CUDA events on a GPU, the wall clock elsewhere."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in tqdm(range(rounds), desc="timing", leave=False):
-        for fn, ts in zip(fns, times):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                ts.append(start.elapsed_time(end) / 1000)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ import report
 import rewards
 import shortcut
 import world
-from config import (drop_progress, load_progress, load_stage, log_metrics, make_out, model_config, parse_config,
-                    pick_device, restore, save_progress, save_stage, snapshot, state_dict)
+from config import (drop_progress, load_checkpoint, load_progress, load_stage, log_metrics, make_out, model_config,
+                    parse_config, pick_device, restore, save_progress, save_stage, snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample, save_gif, trajectory_frames
 
@@ -260,7 +260,7 @@ def stage_compare(cfg, vq, data, dev):
     if (ck := load_stage(cfg, "compare")) is not None:
         return ck
     runs = snap["runs"] if (snap := load_progress(cfg, "compare")) is not None else []
-    pre_state = torch.load(os.path.join(cfg.out, "pretrain.pt"), map_location="cpu", weights_only=False)["state"]
+    pre_state = load_checkpoint(os.path.join(cfg.out, "pretrain.pt"))["state"]
     n_up = cfg.compare_updates or cfg.rl_updates
     marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
     prompts = held_out_prompts(cfg, data)

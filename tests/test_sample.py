@@ -1,3 +1,4 @@
+import time
 
 import pytest
 import torch
@@ -5,7 +6,7 @@ import torch
 from model import MaskedTransformer, ModelConfig, encode_prompts
 from torch.overrides import TorchFunctionMode
 
-from sample import commit_counts, cost, mask_counts, mask_schedule, policy_logits, sample
+from sample import commit_counts, cost, mask_counts, mask_schedule, policy_logits, sample, time_interleaved
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +154,17 @@ def test_cost_counts_flops_and_ops_not_views():
     assert cost(lambda: (a @ b.t()).relu()) == (2 * 2 * 3 * 4, 2)  # matmul + relu; the transpose is a view
     assert cost(lambda: a.view(6)[1:].unsqueeze(0)) == (0, 0)
     assert cost(lambda: torch.cat([a, a]) + 1) == (0, 2)
+
+
+def test_time_interleaved_takes_every_row_in_turn_and_the_median(monkeypatch):
+    clock, calls = [0.0], []
+    durations = {0: [9.0, 1.0, 50.0, 2.0], 1: [9.0, 3.0, 3.0, 4.0]}  # warm-up first, then 3 rounds
+
+    def fn(i):
+        calls.append(i)
+        clock[0] += durations[i][sum(c == i for c in calls) - 1]
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    secs = time_interleaved([lambda: fn(0), lambda: fn(1)], torch.device("cpu"), rounds=3)
+    assert calls == [0, 1] * 4  # warm-up of each, then rounds that call every row in turn
+    assert secs == [2.0, 3.0]  # medians of the timed rounds; the spike (50) and the warm-up (9) drop out

@@ -141,20 +141,6 @@ def test_chained_loss_by_hand_and_unrolled_training():
     assert d3_sc < 0.8 * d3_cache
 
 
-def test_time_interleaved_takes_every_row_in_turn_and_the_median(monkeypatch):
-    clock, calls = [0.0], []
-    durations = {0: [9.0, 1.0, 50.0, 2.0], 1: [9.0, 3.0, 3.0, 4.0]}  # warm-up first, then 3 rounds
-
-    def fn(i):
-        calls.append(i)
-        clock[0] += durations[i][sum(c == i for c in calls) - 1]
-
-    monkeypatch.setattr(sc.time, "perf_counter", lambda: clock[0])
-    secs = sc.time_interleaved([lambda: fn(0), lambda: fn(1)], torch.device("cpu"), rounds=3)
-    assert calls == [0, 1] * 4  # warm-up of each, then rounds that call every row in turn
-    assert secs == [2.0, 3.0]  # medians of the timed rounds; the spike (50) and the warm-up (9) drop out
-
-
 def test_uncond_cache_moves_only_the_conditional_branch():
     model, net = tiny_model(), sc.Shortcut(32)
     with torch.no_grad():
