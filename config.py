@@ -15,8 +15,6 @@ time limit goes on exactly where it stopped: the result is the same as a run tha
 import argparse
 import dataclasses
 import inspect
-import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -93,6 +91,10 @@ class Config:
     sc_uncond: str = "cache"  # cache: shortcut steps move only the conditional CFG branch | shortcut: both (paper)
     sc_bench_batch: int = 64  # latency is measured at this batch size (the evaluation prompts repeated if fewer)
     snapshot_secs: float = 60.0  # pretraining and RL snapshot their progress this often (a crash loses at most that)
+
+    @property
+    def n_tokens(self):  # image tokens: one per patch
+        return (self.image_size // self.patch) ** 2
 
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -217,9 +219,8 @@ def parse_config(argv=None, description=None):
         ap.error(f"the shortcut's width {sc_width} must be a multiple of its {shortcut.N_HEADS} heads; set --sc-width")
     if cfg.eval_prompts < 4 or cfg.eval_prompts % 4:
         ap.error(f"--eval-prompts must be a positive multiple of 4 (balanced over the four categories), got {cfg.eval_prompts}")
-    n_tokens = (cfg.image_size // cfg.patch) ** 2
-    if not 1 <= cfg.sample_steps <= n_tokens:  # checked now, not after minutes of pretraining
-        ap.error(f"--sample-steps must be between 1 and the {n_tokens} image tokens, got {cfg.sample_steps}")
+    if not 1 <= cfg.sample_steps <= cfg.n_tokens:  # checked now, not after minutes of pretraining
+        ap.error(f"--sample-steps must be between 1 and the {cfg.n_tokens} image tokens, got {cfg.sample_steps}")
     if not 1 <= cfg.rl_k <= cfg.sample_steps:
         ap.error(f"--rl-k must be between 1 and --sample-steps {cfg.sample_steps}, got {cfg.rl_k}")
     if cfg.compare and not (cfg.compare_updates or cfg.rl_updates):
@@ -330,26 +331,8 @@ def drop_progress(cfg, stage):
         os.remove(path)
 
 
-def _strict(v):
-    """A NaN or inf (a skipped RL update's reward, say) becomes null: json.dumps would write a
-    bare NaN, which strict JSON readers (jq, JSON.parse) refuse."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, (list, tuple)):
-        return [_strict(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _strict(x) for k, x in v.items()}
-    return v
-
-
-def log_metrics(cfg, **row):
-    """One line of metrics.jsonl per call; every line is strict JSON."""
-    with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(_strict(row), allow_nan=False) + "\n")
-
-
 def model_config(cfg):
-    return ModelConfig(codebook_size=cfg.codebook_size, n_tokens=(cfg.image_size // cfg.patch) ** 2,
+    return ModelConfig(codebook_size=cfg.codebook_size, n_tokens=cfg.n_tokens,
                        d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
 
 

@@ -1,13 +1,15 @@
 """
-What train.py leaves in out/: report.md (tables) and the pictures, drawn with Pillow only.
+What train.py leaves in out/: report.md (tables), metrics.jsonl and the pictures, drawn with Pillow only.
 
   save_grid         images with captions (each prompt and its verdict)
   draw_curves       line plots (reward per update, accuracy curves of the compared variants)
   trajectory_strip  one unmasking trajectory: each step's x0 image, its similarity to the final
                     image, the critical steps marked
+  log_metrics       one strict-JSON line of out/metrics.jsonl (a NaN is written as null)
   write_report      out/report.md from the stage results train.py collected
 """
 
+import json
 import math
 import os
 import sys
@@ -89,6 +91,24 @@ def trajectory_strip(images, sims, marked, path, cell=96):
     out.save(path)
 
 
+def _strict(v):
+    """A NaN or inf (a skipped RL update's reward, say) becomes null: json.dumps would write a
+    bare NaN, which strict JSON readers (jq, JSON.parse) refuse."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    return v
+
+
+def log_metrics(cfg, **row):
+    """One line of out/metrics.jsonl per call (train.py logs every stage's numbers); every line is strict JSON."""
+    with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(_strict(row), allow_nan=False) + "\n")
+
+
 def acc_row(name, ev):
     acc = ev["accuracy"]
     return (f"| {name} | {acc['overall']:.1%} | " + " | ".join(f"{acc[c]:.1%}" for c in world.CATEGORIES)
@@ -150,7 +170,7 @@ def write_report(cfg, dev, vq_mse, res):
         "## Pretraining", "",
         "| image | tokens | codebook K | VQ MSE | params | steps x batch | loss first -> last | pretrain s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| {cfg.image_size}x{cfg.image_size} | {(cfg.image_size // cfg.patch) ** 2} | {cfg.codebook_size} | {vq} "
+        f"| {cfg.image_size}x{cfg.image_size} | {cfg.n_tokens} | {cfg.codebook_size} | {vq} "
         f"| {pre['params'] / 1e6:.2f}M | {cfg.pretrain_steps} x {cfg.batch_size} | {pre['first_loss']:.2f} -> "
         f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} |", "",
         f"Evaluation: {cfg.eval_prompts} prompts x {cfg.eval_samples} samples, T={cfg.sample_steps}, "

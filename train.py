@@ -27,7 +27,7 @@ import report
 import rewards
 import shortcut
 import world
-from config import (drop_progress, load_checkpoint, load_progress, load_stage, log_metrics, make_out, model_config,
+from config import (drop_progress, load_checkpoint, load_progress, load_stage, make_out, model_config,
                     parse_config, pick_device, restore, save_progress, save_stage, snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample, save_gif, trajectory_frames
@@ -104,7 +104,7 @@ def stage_pretrain(cfg, vq, dev):
         losses.append(loss.item())
         if step % 50 == 0 or step == cfg.pretrain_steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
-            log_metrics(cfg, stage="pretrain", step=step, loss=losses[-1], seconds=round(time.time() - t0, 1))
+            report.log_metrics(cfg, stage="pretrain", step=step, loss=losses[-1], seconds=round(time.time() - t0, 1))
         if time.time() - t_snap >= cfg.snapshot_secs and step + 1 < cfg.pretrain_steps:
             save_progress(cfg, "pretrain", step + 1, "steps", losses=losses, seconds=time.time() - t0,
                           **snapshot(model=model, opt=opt, g_data=g_data, g_mask=g_mask))
@@ -145,7 +145,7 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
     seconds = time.time() - t0
     print(f"[{name}] accuracy {acc['overall']:.1%} "
           + " ".join(f"{c} {acc[c]:.1%}" for c in world.CATEGORIES) + f", quality FD {fd:.3f} ({seconds:.0f}s)")
-    log_metrics(cfg, stage=name, **acc, quality=fd, reward=r.mean().item(), seconds=round(seconds, 1))
+    report.log_metrics(cfg, stage=name, **acc, quality=fd, reward=r.mean().item(), seconds=round(seconds, 1))
     # a grid: the first sample of 4 prompts per category, each with its verdict
     per = cfg.eval_samples * (cfg.eval_prompts // 4)
     pick = [c * per + j * cfg.eval_samples for c in range(4) for j in range(min(4, cfg.eval_prompts // 4))]
@@ -210,7 +210,7 @@ def stage_rl(cfg, model, vq, data, dev):
             curve.append((u + 1, held_out_accuracy(cfg, model, vq, held, dev)))
             s["held_out_accuracy"], eval_seconds = curve[-1][1], eval_seconds + time.time() - t1
         log.append(s)
-        log_metrics(cfg, stage="rl", **s)
+        report.log_metrics(cfg, stage="rl", **s)
         recent = log[-10:]
         bar.set_postfix(reward=f"{sum(x['reward'] for x in recent) / len(recent):.3f}", kl=f"{s['kl']:.4f}")
         if time.time() - t_snap >= cfg.snapshot_secs and u + 1 < cfg.rl_updates:
@@ -289,7 +289,7 @@ def stage_compare(cfg, vq, data, dev):
             runs.append(dict(variant=name, seed=seed, curve=curve, seconds=seconds, fwd=fwd / n_up,
                              score_fwd=score_fwd / n_up, skipped=skipped))
             save_progress(cfg, "compare", len(runs), "runs", runs=runs)
-            log_metrics(cfg, stage="compare", **runs[-1])
+            report.log_metrics(cfg, stage="compare", **runs[-1])
             print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
     series = {}
     for name, *_ in variants:
@@ -351,7 +351,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
                                  dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, uncond=cfg.sc_uncond,
                                       choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
     for r in table:
-        log_metrics(cfg, stage="shortcut", **r)
+        report.log_metrics(cfg, stage="shortcut", **r)
     return save_stage(cfg, "shortcut", dict(
         state=state_dict(net), log=log, distance=distance, table=table, train_seconds=train_seconds,
         params=sum(q.numel() for q in net.parameters()), flops_ratio=sc_flops / base_flops,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import config
+import report
 import train
 from model import MaskedTransformer, ModelConfig, encode_prompts, maskgit_loss
 
@@ -275,7 +276,7 @@ def test_state_dict_is_a_copy():
 
 def test_metrics_lines_are_strict_json_even_with_a_nan(tmp_path):
     cfg = config.Config(out=str(tmp_path))
-    config.log_metrics(cfg, stage="rl", reward=float("nan"), kl=0.5, curve=[(1, float("inf")), (2, 0.25)])
+    report.log_metrics(cfg, stage="rl", reward=float("nan"), kl=0.5, curve=[(1, float("inf")), (2, 0.25)])
 
     def refuse(name):  # strict JSON has no NaN/Infinity: a reader such as jq would fail here
         raise ValueError(name)
