@@ -38,7 +38,7 @@ def commands(text):
     """(script, flags) for every `python X.py ...` in the text, and (None, flags) for bare flag spans."""
     found = []
     for span in spans(text):
-        parts = re.split(r"python (\w+\.py)", span)
+        parts = re.split(r"python\s+(\w+\.py)", span)  # a span may wrap after "python"
         if len(parts) == 1:
             if span.lstrip().startswith("--"):
                 found.append((None, FLAG.findall(span)))
@@ -64,6 +64,7 @@ def test_a_wrong_flag_is_caught():
     """The check itself can fail: a made-up flag on train.py is reported."""
     (script, fl), = commands("`python train.py --out x --no-such-flag 3`")
     assert script == "train.py" and "--no-such-flag" in fl and "--no-such-flag" not in flags_of("train.py")
+    assert commands("(`python\nshortcut.py --ckpt DIR`)") == [("shortcut.py", ["--ckpt"])]  # wrapped after python
 
 
 def missing_names(text):
