@@ -63,9 +63,10 @@ class Config:
     rl_prompts: int = 8  # prompts per update
     group_size: int = 8  # samples per prompt (G)
     rl_lr: float = 1e-4
-    rl_mu: int = 1  # inner updates per rollout batch
+    rl_mu: int = 0  # inner updates per rollout batch; 0: the estimator's own (maskgrpo 6, as MaskGRPO for images; else 1)
     rl_estimator: str = "remask"  # remask (MaskFocus) | replay | maskgrpo (its mask-ratio schedule; no steps chosen)
-    rl_mask_floor: float = 0.5  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999)
+    rl_mask_floor: float = 0.6  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999) (MaskGRPO: 0.6)
+    rl_pool: str = "token"  # token: one mean over every scored token | step: a mean per scored step, then over steps (MaskFocus)
     rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; random ties it, README)
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; -4 points at T=16)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
@@ -123,7 +124,7 @@ PRESETS = {
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
            "rl_estimator": ["remask", "replay", "maskgrpo"], "rl_steps": ["all", "random", "focus"],
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
-           "rl_mode": ["stochastic", "confidence"], "sc_uncond": ["cache", "shortcut"]}
+           "rl_mode": ["stochastic", "confidence"], "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
 
 # the config fields each stage's result depends on (its own and its inputs')
 STAGE_FIELDS = {
@@ -133,7 +134,7 @@ STAGE_FIELDS = {
                  "weight_decay", "prompt_drop"],
     "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
     "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps",
-           "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "clip_eps", "beta"],
+           "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "rl_pool", "clip_eps", "beta"],
     "eval_rl": [],
     "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
                  "sc_bench_batch"],
@@ -145,10 +146,10 @@ COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "c
 # the range every numeric field must lie in, checked before any work starts (a zero batch once trained nothing)
 RANGES = [
     ("at least 1", lambda v: v >= 1, "patch fit_images d_model n_layers n_heads pretrain_steps batch_size eval_samples "
-     "eval_batch rl_prompts rl_mu compare_seeds compare_eval_prompts sc_batch sc_bench_batch sc_unroll"),
+     "eval_batch rl_prompts compare_seeds compare_eval_prompts sc_batch sc_bench_batch sc_unroll"),
     # group_size: advantages compare the samples of a prompt; sc_prompts: a training and a validation split
     ("at least 2", lambda v: v >= 2, "codebook_size group_size sc_prompts"),
-    ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates beta rl_eval_every "
+    ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates rl_mu beta rl_eval_every "
      "compare_updates sc_iters sc_width snapshot_secs"),
     ("above 0", lambda v: v > 0, "lr temperature rl_lr clip_eps sc_lr"),
     ("in [0, 1)", lambda v: 0 <= v < 1, "prompt_drop rl_mask_floor"),
@@ -203,6 +204,8 @@ def parse_config(argv=None, description=None):
     # None: flag not given; False: a store_true flag not given (0 and 0.0 are real values)
     overrides = {k: v for k, v in vars(args).items() if v is not None and v is not False and k != "preset"}
     cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.rl_mu == 0:  # the estimator's own number of inner updates: MaskGRPO's 6 for images, else one
+        cfg = dataclasses.replace(cfg, rl_mu=6 if cfg.rl_estimator == "maskgrpo" else 1)
     for f in dataclasses.fields(cfg):
         if problem := out_of_range(f.name, getattr(cfg, f.name)):
             ap.error(f"{flag(f.name)} {problem}")

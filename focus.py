@@ -9,10 +9,12 @@ Spend the RL gradient where it matters: critical steps, critical tokens, entropy
   entropy_temperature MaskFocus's routing: samples that are already sure of themselves (summed
                       entropy below the batch median) sample with tau = 2.5 exp(-H/3) + 0.7 per token
   critical_tokens     GCPO (arXiv 2509.22485) moved from AR to masked generation: 10% earliest
-                      committed, 10% sharpest edges of the entropy map, 10% least alike across the
-                      group; disjoint, 30% in all, the loss sees only those
+                      committed, 10% sharpest edges of the entropy map (among the 10%-90% of the
+                      generation order), 10% least alike across the group; disjoint, 30% in all,
+                      the loss sees only those
   token_weights       GCPO's dynamic weight: running mean over the generation order of
-                      exp(clip(logp - ref, -0.5, 0.5))
+                      exp(clip(logp - ref, -0.5, 0.5)), over every scored token (before the
+                      critical-token loss mask, as GCPO)
   rl_step             grpo.rl_step with steps in {all, random, focus}, tokens in {all, critical},
                       routing in {off, entropy}
 
@@ -28,7 +30,17 @@ Choices and simplifications, plainly:
     objects count, which is what we want; for group similarity two equal tokens count as 1.
   - GCPO's "generation order" is the step at which a position was committed; ties (one step commits
     many) are broken by the entropy the position had then (less certain first).
-  - Entropy of a token for the GCPO map: the policy entropy at the step it was committed.
+  - Entropy of a token for the GCPO map: the policy entropy at the step it was committed. GCPO smooths
+    it with a causal mean (the token, its left, upper-left, upper and upper-right neighbours: what an
+    AR model has seen); a masked model sees both sides, so we take the mean over the whole 3x3
+    neighbourhood. Both average fewer cells at the border (no padding) and both take one-sided
+    differences there (torch.gradient), as GCPO does.
+  - GCPO's weight is not detached in its code: the gradient also flows through the running mean,
+    an extra, unclipped policy-gradient term on every earlier token. We detach it, so the weight
+    only rescales each token's advantage, which is what the paper describes.
+  - Entropy routing: tau = 2.5 exp(-H/3) + 0.7 was tuned for Meissonic's 8,192-code book (H up to
+    about 9, so tau spans 0.82-3.2 and uncertain tokens are cooled). With K codes H <= ln K, so
+    tau >= 2.5 K^(-1/3) + 0.7: 1.33 at K = 64. Here every routed token is heated, none cooled.
   - Routing changes the rollout policy only; use it with the remask estimator (the replay estimator
     would have to re-apply the per-token temperatures; rl_step refuses that combination).
   - MaskFocus conditions on the step's timestep; our model has no timestep input (the mask count
@@ -112,14 +124,17 @@ def commit_step(traj):
     return traj.committed.float().argmax(0)
 
 
-def entropy_edges(ent_map, side):
-    """|grad| of the 3x3-smoothed entropy map. ent_map (B, N) on a side x side grid -> (B, N)."""
-    x = ent_map.view(-1, 1, side, side)
-    x = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # smoothed over neighbours
-    x = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    dx = (x[..., 1:-1, 2:] - x[..., 1:-1, :-2]) / 2  # central differences
-    dy = (x[..., 2:, 1:-1] - x[..., :-2, 1:-1]) / 2
-    return torch.sqrt(dx ** 2 + dy ** 2).view(ent_map.shape)
+def entropy_edges(ent_map, side, smooth=True):
+    """|grad| of the neighbour-smoothed entropy map. ent_map (B, N) on a side x side grid -> (B, N).
+    Smoothing: the mean over the cells of each 3x3 neighbourhood that lie on the grid (no padding: a border
+    cell averages 6, a corner 4). That flattens a ramp near the border: on a linear ramp of slope a the
+    border column scores a/2 and the next one 3a/4 against a inside. Gradient: central differences inside,
+    one-sided at the border (GCPO; torch.gradient), so without smoothing a ramp scores a everywhere."""
+    x = ent_map.reshape(-1, 1, side, side).float()
+    if smooth:
+        x = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    dy, dx = torch.gradient(x[:, 0], dim=(1, 2))  # (B, side, side) each
+    return torch.sqrt(dx ** 2 + dy ** 2).reshape(ent_map.shape)
 
 
 def group_similarity(final, group_size, embeddings=None):
@@ -154,11 +169,15 @@ def critical_tokens(traj, group_size, frac=0.3, embeddings=None):
     n3 = n_total - n1 - n2
     step = commit_step(traj)  # (B, N)
     ent_at_commit = traj.entropy.gather(0, step[None])[0]  # (B, N): entropy when it was committed
+    # generation order: earliest commit step first; ties -> higher entropy at commit first
+    early = -step.float() + 0.5 * ent_at_commit / (ent_at_commit.max() + 1e-8)  # (B, N)
+    rank = early.argsort(1, descending=True).argsort(1)  # (B, N): 0 = generated first
+    late = rank >= N - round(0.1 * N)  # GCPO looks for edges only between 10% and 90% of the order
     sets = [
-        # 1. causal dependency: earliest commit step first; ties -> higher entropy at commit first
-        (-step.float() + 0.5 * ent_at_commit / (ent_at_commit.max() + 1e-8), n1),
+        # 1. causal dependency: the first in generation order
+        (early, n1),
         # 2. entropy-induced structure: sharp edges of the smoothed entropy map
-        (entropy_edges(ent_at_commit, side), n2),
+        (entropy_edges(ent_at_commit, side).masked_fill(late, -math.inf), n2),
         # 3. group diversity: least similar across the group at that position
         (-group_similarity(traj.final, group_size, embeddings), n3),
     ]
@@ -172,7 +191,9 @@ def critical_tokens(traj, group_size, frac=0.3, embeddings=None):
 def token_weights(logp, ref_logp, mask=None, order=None):
     """GCPO's weight: the running mean, over the generation order, of exp(clip(logp - ref, -0.5, 0.5)).
     logp, ref_logp, mask: (B, S, N) (or (B, N)); order (B, N): a position's rank in generation
-    (commit step), None = position order. Masked-out entries do not enter the mean. No gradient."""
+    (commit step), None = position order. mask: the positions that *have* a log-prob (every token the
+    estimator scores, before the critical-token loss mask: GCPO's mean runs over all generated tokens);
+    the others do not enter the mean and get weight 1. Detached (module docstring: why)."""
     shape = grpo.same_shape("logp, ref_logp (and mask)", logp, ref_logp, mask)
     if len(shape) not in (2, 3) or (order is not None and tuple(order.shape) != shape[:1] + shape[-1:]):
         raise ValueError(f"logp, ref_logp (and mask) must share one shape (B, S, N) or (B, N) and order be (B, N), "

@@ -5,25 +5,38 @@ function another project can copy.
   group_advantages  z-score of rewards inside each group of G samples of one prompt
   replay_logp       the exact policy log-prob: re-run the model on the recorded input state
                     of a step (with the sampler's CFG and temperature) and score the tokens
-                    committed there
+                    committed there; only CFG's conditional branch takes the gradient
   remask_logp       MaskFocus's estimator: a fresh uniformly random mask over the *final* tokens
                     with as many masked positions as the chosen step had, score every masked
                     token (conditional branch only, no CFG inside the likelihood)
   ratio_masks       MaskGRPO's own masks for remask_logp: no steps are chosen; inner iteration j
                     of mu masks every token i.i.d. with r_j = min(m + (1 - m)(j + 1)/mu, 0.999)
                     (estimator="maskgrpo")
-  grpo_loss         clipped-ratio surrogate with a k3 KL to a frozen reference, token-level mean
+  grpo_loss         clipped-ratio surrogate with a k3 KL to a frozen reference, pooled per token
+                    (one mean over every scored token) or per step (MaskFocus: a token mean per
+                    scored step, then the mean over steps)
   rl_step           one update round: rollouts, rewards, advantages, scored steps, mu clipped
                     updates; hooks let focus.py choose the steps and tokens and weigh tokens
+
+What the policy gradient sees. With MaskGIT confidence rollouts (train.py's default, as MaskFocus),
+a step samples a token at every masked position and then keeps the most confident ones (a Gumbel
+top-k). Every estimator here scores the log-prob of the *tokens*; *which positions* were committed
+is a second decision, and it gets no gradient. MaskGRPO's stochastic sampler (mode="stochastic")
+reveals each position with a fixed probability, independent of the tokens, so it has no such gap.
 
 Simplified versus the paper (honest list):
   - no LoRA: the whole (small) model is trained;
   - the default estimator ("remask") is MaskFocus's, the mask count of a chosen sampling step;
-    MaskGRPO's ratio schedule is estimator="maskgrpo", m = mask_floor (0.5; the paper: 0.5-0.6);
+    MaskGRPO's ratio schedule is estimator="maskgrpo", at its image settings mu = 6, m = 0.6
+    (train.py uses them when that estimator is chosen without --rl-mu);
   - the loss on a masked position is plain log-prob, with no 1/t ELBO weighting (as the paper);
+  - advantages use the unbiased group std (as both papers' code) with eps 1e-4 (MaskFocus;
+    MaskGRPO uses 1e-5);
   - rollouts default to MaskGIT confidence sampling in train.py (what evaluation uses, as
-    MaskFocus does); MaskGRPO's stochastic sampler is sample(mode="stochastic"), measured in the
-    README (a little lower on this toy world).
+    MaskFocus does); MaskGRPO's stochastic sampler is sample(mode="stochastic");
+  - replay_logp detaches CFG's unconditional branch: the value is the guided policy's, but only the
+    conditional branch learns (back-propagating through both would train the null prompt with
+    coefficient -(w - 1), away from rewarded tokens); remask scores without CFG, as MaskGRPO.
 """
 
 import torch
@@ -33,11 +46,13 @@ from sample import policy_logits, sample
 
 def group_advantages(rewards, group_size, eps=1e-4):
     """rewards (B,), B = groups * group_size, samples of a prompt contiguous ->
-    (advantages (B,), fraction of groups whose rewards are all equal: their advantage is 0)."""
-    if group_size < 1 or rewards.ndim != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be (B,) with B a multiple of group_size={group_size}, got {tuple(rewards.shape)}")
+    (advantages (B,), fraction of groups whose rewards are all equal: their advantage is 0).
+    A = (r - mean_G) / (std_G + eps) with the unbiased std (torch's default, as both papers' code)."""
+    if group_size < 2 or rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be (B,) with B a multiple of group_size={group_size} (at least 2: "
+                         f"advantages compare a group), got {tuple(rewards.shape)}")
     r = rewards.float().view(-1, group_size)  # (groups, G)
-    mean, std = r.mean(1, keepdim=True), r.std(1, unbiased=False, keepdim=True)
+    mean, std = r.mean(1, keepdim=True), r.std(1, keepdim=True)
     flat = (r.max(1).values - r.min(1).values) == 0  # (groups,)
     adv = torch.where(flat[:, None], torch.zeros_like(r), (r - mean) / (std + eps))
     return adv.view(-1), flat.float().mean().item()
@@ -57,12 +72,14 @@ def at_steps(x, idx):
 
 def replay_logp(model, traj, steps):
     """Log-probs of the tokens committed at each chosen step under the current model's sampling policy.
-    steps: a list, or (B, S) per sample -> logp (B, S, N) and mask (B, S, N) bool (the committed positions)."""
+    steps: a list, or (B, S) per sample -> logp (B, S, N) and mask (B, S, N) bool (the committed positions).
+    The value is the sampler's guided policy; the gradient flows through the conditional branch only."""
     idx = step_index(steps, traj.final.shape[0], traj.final.device)  # (B, S)
     states, tokens = at_steps(traj.states, idx), at_steps(traj.tokens, idx)  # (B, S, N)
     out = []
     for s in range(idx.shape[1]):
-        logits = policy_logits(model, states[:, s], traj.prompt_ids, traj.cfg_scale) / traj.temperature
+        logits = policy_logits(model, states[:, s], traj.prompt_ids, traj.cfg_scale, detach_uncond=True)
+        logits = logits / traj.temperature
         out.append(logits.log_softmax(-1).gather(-1, tokens[:, s, :, None])[..., 0])  # (B, N)
     return torch.stack(out, 1), at_steps(traj.committed, idx)
 
@@ -107,10 +124,25 @@ def same_shape(what, *xs):
     return shapes[0]
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps=0.2, beta=0.01):
+def pool_mean(x, mask, pool="token"):
+    """Mean of x over `mask`, both (B, S, N) or (B, N). "token": one mean over every masked entry;
+    "step": MaskFocus's pooling, a mean over each scored step s (x[:, s], all samples) and then the mean
+    over the steps that score anything, so every step weighs the same whatever its number of tokens.
+    (MaskFocus sums the per-step means, one backward each; the mean differs only by the factor S.)"""
+    if pool == "token" or x.ndim == 2:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    if pool != "step":
+        raise ValueError(f"pool must be 'token' or 'step', got {pool!r}")
+    n = mask.sum((0, 2))  # (S,) tokens scored at each step slot
+    per_step = (x * mask).sum((0, 2)) / n.clamp(min=1)  # (S,)
+    return per_step.sum() / (n > 0).sum().clamp(min=1)
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps=0.2, beta=0.01, pool="token"):
     """Per token: -min(rho A, clip(rho, 1-eps, 1+eps) A) * w + beta * (exp(ref - logp) - (ref - logp) - 1),
-    rho = exp(logp - old_logp); summed over `mask` and divided by its count (token-level mean).
-    logp, old_logp, ref_logp, mask, weights: (B, ...); advantages: (B,)."""
+    rho = exp(logp - old_logp); averaged over `mask` by pool_mean (pool "token": the token-level mean;
+    "step": a token mean per scored step, then the mean over steps).
+    logp, old_logp, ref_logp, mask, weights: (B, S, N) or (B, N); advantages: (B,)."""
     shape = same_shape("logp, old_logp, ref_logp, mask (and weights)", logp, old_logp, ref_logp, mask, weights)
     if tuple(advantages.shape) != shape[:1]:
         raise ValueError(f"logp is {shape}, so advantages must be (B,) = {shape[:1]}, got {tuple(advantages.shape)}")
@@ -122,12 +154,11 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
         surrogate = surrogate * weights
     d = ref_logp - logp
     kl = torch.exp(d) - d - 1  # k3 estimator, >= 0
-    n = mask.sum().clamp(min=1)
-    loss = ((surrogate + beta * kl) * mask).sum() / n
-    with torch.no_grad():
+    loss = pool_mean(surrogate + beta * kl, mask, pool)
+    with torch.no_grad():  # the logged means are per token, whatever the pooling
         clipped = ((rho - 1).abs() > clip_eps).float()
-        stats = dict(kl=((kl * mask).sum() / n).item(), clip_frac=((clipped * mask).sum() / n).item(),
-                     ratio=((rho * mask).sum() / n).item())
+        stats = dict(kl=pool_mean(kl, mask).item(), clip_frac=pool_mean(clipped, mask).item(),
+                     ratio=pool_mean(rho, mask).item())
     return loss, stats
 
 
@@ -152,8 +183,8 @@ def policy_logp(model, traj, steps, estimator, masks):
 
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
-            estimator="remask", mu=1, mask_floor=0.5, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
-            pick_tokens=None, weigh_tokens=None):
+            estimator="remask", mu=1, mask_floor=0.6, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
+            pick_tokens=None, weigh_tokens=None, pool="token"):
     """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
@@ -161,7 +192,9 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     them) or a callable traj -> a list of steps or a (B, S) tensor of steps per sample (focus.py);
     estimator="maskgrpo" chooses no steps (its mu masks, ratios from mask_floor, take their place).
     Optional hooks (focus.py): pick_tokens(traj) -> (B, N) bool restricts the loss to those positions;
-    weigh_tokens(logp, ref, mask, traj) -> weights (B, S, N) for grpo_loss. Returns a dict of numbers to log."""
+    weigh_tokens(logp, ref, mask, traj) -> weights (B, S, N) for grpo_loss, given every scored position
+    (`mask` before pick_tokens, as GCPO weighs before its loss mask). pool: grpo_loss's pooling.
+    Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
     tokens, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
@@ -180,16 +213,16 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
         else:
             old, mask = policy_logp(model, traj, chosen, estimator, masks)
         ref, _ = policy_logp(ref_model, traj, chosen, estimator, masks)
+    weights = weigh_tokens(old, ref, mask, traj) if weigh_tokens is not None else None  # over every scored token
     if pick_tokens is not None:
         mask = mask & pick_tokens(traj)[:, None]  # (B, S, N): only the chosen positions count
-    weights = weigh_tokens(old, ref, mask, traj) if weigh_tokens is not None else None
     model.train()
     stats, skipped = {}, 0
     for j in range(mu):
         part = slice(j, j + 1) if estimator == "maskgrpo" else slice(None)  # MaskGRPO: iteration j, mask j
         logp, _ = policy_logp(model, traj, chosen, estimator, None if masks is None else masks[:, part])
         w = None if weights is None else weights[:, part]
-        loss, stats = grpo_loss(logp, old[:, part], ref[:, part], adv, mask[:, part], w, clip_eps=clip_eps, beta=beta)
+        loss, stats = grpo_loss(logp, old[:, part], ref[:, part], adv, mask[:, part], w, clip_eps, beta, pool)
         if not torch.isfinite(loss):
             skipped += 1  # a non-finite loss never reaches the weights
             continue

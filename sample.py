@@ -17,7 +17,8 @@ logits = uncond + w * (cond - uncond) (constant w; the papers often ramp it up).
 switch that turns CFG off: one conditional pass, the logits of w = 1 at half the cost (not the
 unconditional logits the formula would give at w = 0).
 Temperature divides the logits, and `token_temperature(logits, entropy, masked)` may
-return per-token temperatures (B, N) (focus.py plugs MaskFocus's entropy routing in here).
+return per-token temperatures (B, N) that divide them too (focus.py plugs MaskFocus's entropy
+routing in here; the entropy it gets is that of the raw guided logits, as in MaskFocus).
 All randomness comes from the explicit torch.Generator: same seed, same device, same images.
 """
 
@@ -96,21 +97,25 @@ def branch_features(model, state, prompt_ids, cfg_scale):
         return model.features(state, prompt_ids)
 
 
-def guided_logits(model, feats, cfg_scale):
+def guided_logits(model, feats, cfg_scale, detach_uncond=False):
     """The head on branch features (cB, N, D) -> guided logits (B, N, K) in float32,
-    uncond + w * (cond - uncond) with CFG. shortcut.py calls it on predicted features."""
+    uncond + w * (cond - uncond) with CFG. shortcut.py calls it on predicted features.
+    detach_uncond: the same value, but no gradient reaches the model through the null-prompt branch.
+    (Back-propagating a log-prob of the guided policy through both branches trains the null prompt
+    with coefficient -(w - 1): *away* from the tokens the reward likes. grpo.replay_logp detaches it.)"""
     with autocast(feats.device):
         logits = model.head(feats).float()
     if cfg_scale:
         cond, uncond = logits.chunk(2)
+        uncond = uncond.detach() if detach_uncond else uncond
         return uncond + cfg_scale * (cond - uncond)
     return logits
 
 
-def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False):
+def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False, detach_uncond=False):
     """Guided logits (B, N, K) in float32 for one step, [and the conditional features (B, N, D)]."""
     feats = branch_features(model, state, prompt_ids, cfg_scale)
-    logits = guided_logits(model, feats, cfg_scale)
+    logits = guided_logits(model, feats, cfg_scale, detach_uncond)
     return (logits, feats[: state.shape[0]].float()) if return_features else logits
 
 
@@ -134,10 +139,10 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
     every row (commit_counts(T, N)[t]; "stochastic" ignores it). Returns new state, committed, tokens, logp,
     entropy."""
     masked = state == mask_id  # (B, N)
-    logits = logits / temperature
-    if token_temperature is not None:
+    if token_temperature is not None:  # its entropy is the raw guided logits', before any temperature (MaskFocus)
         ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
         logits = logits / token_temperature(logits, ent * masked, masked)[..., None]  # (B, N, 1)
+    logits = logits / temperature
     logp_all = logits.log_softmax(-1)  # (B, N, K)
     tokens = (logp_all + gumbel(logp_all.shape, generator, logits.device)).argmax(-1)  # (B, N) ~ policy
     logp = logp_all.gather(-1, tokens[..., None])[..., 0]

@@ -49,14 +49,15 @@ from sample import (branch_features, check_sampling, commit_counts, cost, guided
 
 
 def ratio_embedding(ratio, dim):
-    """Sinusoidal embedding of the mask ratio in [0, 1]: (B,) -> (B, dim)."""
+    """Sinusoidal embedding of the mask ratio in [0, 1], scaled by 1000 as a diffusion timestep: (B,) -> (B, dim)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=ratio.device) / half)  # (half,)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=ratio.device) / half)  # (half,)
     a = ratio.float()[:, None] * 1000.0 * freqs[None]  # (B, half)
-    return torch.cat([a.sin(), a.cos()], -1)
+    return torch.cat([a.cos(), a.sin()], -1)
 
 
 N_HEADS = 4  # attention heads at the bottleneck width (which they must divide)
+FREQ_DIM = 256  # sinusoidal features of the mask ratio (the paper's, from DiT)
 
 
 class Shortcut(nn.Module):
@@ -71,19 +72,16 @@ class Shortcut(nn.Module):
             raise ValueError(f"width {w} is not divisible by n_heads {n_heads}")
         self.n_heads = n_heads
         self.f_in, self.e_in = nn.Linear(d_model, w), nn.Linear(d_model, w)  # into the bottleneck
-        self.null_kv = nn.Parameter(torch.zeros(1, 1, w))  # always attendable: steps that commit nothing
-        self.ln_kv = nn.LayerNorm(w)
-        self.time = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, 8 * w))  # 4 x (scale, shift)
-        self.ln = nn.ModuleList(nn.LayerNorm(w, elementwise_affine=False) for _ in range(4))
+        self.ln = nn.ModuleList(nn.LayerNorm(w) for _ in range(4))  # pre-LN of the block's four sublayers
         self.q, self.kv, self.o_cross = nn.Linear(w, w), nn.Linear(w, 2 * w), nn.Linear(w, w)
         self.qkv, self.o_self = nn.Linear(w, 3 * w), nn.Linear(w, w)
         mlp = lambda: nn.Sequential(nn.Linear(w, mlp_ratio * w), nn.GELU(), nn.Linear(mlp_ratio * w, w))
         self.ff1, self.ff2 = mlp(), mlp()
+        self.last = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.GELU(), nn.LayerNorm(w))
+        self.time = nn.Sequential(nn.Linear(FREQ_DIM, w), nn.SiLU(), nn.Linear(w, w), nn.Linear(w, 2 * w))
         self.out = nn.Linear(w, d_model)
         nn.init.zeros_(self.out.weight)  # delta = 0 at the start: the shortcut begins as the feature cache
         nn.init.zeros_(self.out.bias)
-        nn.init.zeros_(self.time[-1].weight)  # adaLN starts as plain LayerNorm
-        nn.init.zeros_(self.time[-1].bias)
 
     def heads(self, x):  # (B, S, w) -> (B, heads, S, w/heads)
         B, S, w = x.shape
@@ -93,19 +91,19 @@ class Shortcut(nn.Module):
         B, N, _ = prev.shape
         h = self.f_in(prev)  # (B, N, w)
         w = h.shape[-1]
-        mod = self.time(ratio_embedding(ratio, w)).view(B, 1, 8, w)  # (B, 1, 8, w)
-        norm = lambda i, x: self.ln[i](x) * (1 + mod[:, :, 2 * i]) + mod[:, :, 2 * i + 1]
-        kv = torch.cat([self.null_kv.expand(B, 1, w), self.ln_kv(self.e_in(new_emb))], 1)  # (B, 1 + N, w)
-        keep = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=prev.device), new_mask], 1)  # (B, 1 + N)
-        k, v = self.kv(kv).chunk(2, -1)
-        a = F.scaled_dot_product_attention(self.heads(self.q(norm(0, h))), self.heads(k), self.heads(v),
-                                           attn_mask=keep[:, None, None, :])  # features look at the new tokens
-        h = h + self.o_cross(a.transpose(1, 2).reshape(B, N, w))
-        h = h + self.ff1(norm(1, h))
-        q, k, v = self.qkv(norm(2, h)).chunk(3, -1)
+        k, v = self.kv(self.e_in(new_emb)).chunk(2, -1)  # (B, N, w) each; only new_mask's positions are keys
+        some = new_mask.any(1)  # (B,): a step that committed nothing leaves nothing to attend to
+        keep = (new_mask | ~some[:, None])[:, None, None, :]  # (B, 1, 1, N); such rows' output is zeroed below
+        a = F.scaled_dot_product_attention(self.heads(self.q(self.ln[0](h))), self.heads(k), self.heads(v),
+                                           attn_mask=keep)  # features look at the new tokens
+        h = h + self.o_cross(a.transpose(1, 2).reshape(B, N, w)) * some[:, None, None]
+        h = h + self.ff1(self.ln[1](h))
+        q, k, v = self.qkv(self.ln[2](h)).chunk(3, -1)
         a = F.scaled_dot_product_attention(self.heads(q), self.heads(k), self.heads(v))  # (B, heads, N, w/heads)
         h = h + self.o_self(a.transpose(1, 2).reshape(B, N, w))
-        h = h + self.ff2(norm(3, h))
+        h = h + self.ff2(self.ln[3](h))
+        scale, shift = self.time(ratio_embedding(ratio, FREQ_DIM))[:, None].chunk(2, -1)  # (B, 1, w) each
+        h = self.last(h) * (1 + scale) + shift  # adaLN, once, at the output (as the paper's code)
         return prev + self.out(h)  # (B, N, D)
 
 

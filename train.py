@@ -167,7 +167,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
                            choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
                       steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq.codes,
                       estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor, clip_eps=cfg.clip_eps,
-                      per_sample=cfg.rl_per_sample, beta=cfg.beta, generator=g)
+                      per_sample=cfg.rl_per_sample, beta=cfg.beta, pool=cfg.rl_pool, generator=g)
     if s["skipped"]:  # the weights were left alone; say so (the RL stage and the comparison alike)
         tqdm.write(f"[rl] {s['skipped']} of {cfg.rl_mu} inner updates skipped: the loss was not finite")
     return s

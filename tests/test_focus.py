@@ -75,10 +75,37 @@ def test_group_similarity_by_hand():
 
 
 def test_entropy_edges_of_a_step():
-    ent = torch.zeros(1, 16)
-    ent.view(4, 4)[:, 2:] = 1.0  # a vertical edge between columns 1 and 2
-    e = focus.entropy_edges(ent, 4).view(4, 4)
-    assert (e[:, 1:3] > e[:, [0]]).all() and (e[:, 1:3] > e[:, [3]]).all()
+    ent = torch.zeros(1, 36)
+    ent.view(6, 6)[:, 3:] = 1.0  # a vertical edge between columns 2 and 3
+    e = focus.entropy_edges(ent, 6).view(6, 6)
+    assert (e[:, 2:4] > e[:, [1, 4]]).all() and (e[:, [1, 4]] > e[:, [0, 5]]).all()
+
+
+def test_entropy_edges_one_sided_at_the_border():
+    """Without smoothing, a linear ramp's gradient is its slope at border and interior cells alike
+    (one-sided differences at the border, as GCPO; replicate padding gave the border half the slope)."""
+    side = 6
+    cols = torch.arange(side, dtype=torch.float32)
+    for slope_x, slope_y in ((0.5, 0.0), (0.0, -2.0), (0.3, 0.4)):
+        ramp = (slope_x * cols[None, :] + slope_y * cols[:, None]).reshape(1, -1)
+        e = focus.entropy_edges(ramp, side, smooth=False)
+        assert torch.allclose(e, torch.full_like(e, math.hypot(slope_x, slope_y))), e.view(side, side)
+    # with the smoothing the border is flatter (fewer cells averaged): a/2, 3a/4, then a
+    e = focus.entropy_edges(cols.repeat(side, 1).reshape(1, -1), side).view(side, side)
+    assert torch.allclose(e[0], torch.tensor([0.5, 0.75, 1, 1, 0.75, 0.5]))
+
+
+def test_routing_entropy_is_the_raw_logits_before_the_temperature():
+    """MaskFocus routes on the entropy of the guided logits before any temperature."""
+    from sample import sample_step
+    logits = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    raw = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    state = torch.full((2, 5), 8)
+    for temperature in (0.5, 1.0, 2.0):
+        seen = []
+        hook = lambda lg, ent, masked: seen.append(ent) or torch.ones(2, 5)
+        sample_step(logits, state, 8, 0, 4, 2, "confidence", 4.5, torch.Generator().manual_seed(1), temperature, hook)
+        assert torch.allclose(seen[0], raw)
 
 
 def test_entropy_temperature_routes_only_confident_samples():
@@ -106,6 +133,44 @@ def test_token_weights():
                 dict(logp=lp, ref_logp=ref, order=order.T)):  # these would broadcast, or fail deep in gather
         with pytest.raises(ValueError, match="share one shape"):
             focus.token_weights(**bad)
+
+
+def test_token_weights_match_a_loop_over_the_generation_order():
+    """GCPO's running mean, by hand: walk the positions in generation order, keep a running mean of
+    exp(clip(logp - ref)) over every position that has a log-prob; each gets the mean so far."""
+    g = torch.Generator().manual_seed(3)
+    B, S, N = 2, 3, 7
+    logp, ref = -torch.rand(B, S, N, generator=g) * 2, -torch.rand(B, S, N, generator=g) * 2
+    has = torch.rand(B, S, N, generator=g) < 0.7
+    order = torch.stack([torch.randperm(N, generator=g) for _ in range(B)])  # (B, N) rank of each position
+    w = focus.token_weights(logp, ref, has, order)
+    for b in range(B):
+        for s in range(S):
+            total, n = 0.0, 0
+            for pos in sorted(range(N), key=lambda p: int(order[b, p])):
+                if not has[b, s, pos]:
+                    assert w[b, s, pos] == 1
+                    continue
+                total += math.exp(max(-0.5, min(0.5, float(logp[b, s, pos] - ref[b, s, pos]))))
+                n += 1
+                assert abs(w[b, s, pos].item() - total / n) < 1e-5
+
+
+def test_rl_step_weighs_over_every_scored_token_before_the_loss_mask():
+    """GCPO weighs before it restricts the loss to critical tokens: weigh_tokens sees every scored
+    position, the loss only the picked ones."""
+    import grpo
+    torch.manual_seed(0)
+    model = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
+    ref = MaskedTransformer(model.cfg).requires_grad_(False)
+    seen = {}
+    pick = lambda traj: torch.zeros(traj.final.shape, dtype=torch.bool).index_fill_(1, torch.tensor([0, 5]), True)
+    weigh = lambda old, r, mask, traj: seen.setdefault("mask", mask) is None or torch.ones_like(old)
+    s = grpo.rl_step(model, ref, torch.optim.AdamW(model.parameters()), encode_prompts(["a red circle"]),
+                     lambda tok: (tok == 3).float().mean(1), 4, dict(steps=4), steps="all", pick_tokens=pick,
+                     weigh_tokens=weigh, generator=torch.Generator().manual_seed(0))
+    assert seen["mask"].shape == (4, 4, 16) and seen["mask"].sum() > 4 * 4 * 2  # more than the picked positions
+    assert s["scored_tokens"] <= 4 * 2  # the loss: picked positions only (at most 2 per step)
 
 
 def test_focus_rl_step_runs_every_variant():

@@ -10,16 +10,62 @@ from sample import sample
 
 
 def test_group_advantages_by_hand():
+    """The papers' form: (r - mean) / (std + eps) with the unbiased std (n - 1 in the variance)."""
+    adv, flat = group_advantages(torch.tensor([0.0, 1.0, 0.0, 1.0]), 4, eps=0.0)
+    assert torch.allclose(adv, torch.tensor([-1.0, 1.0, -1.0, 1.0]) * 0.5 / math.sqrt(1 / 3))  # +-0.866
+    assert abs(adv[1].item() - 0.8660254) < 1e-6 and flat == 0
     r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 1.0])
     adv, flat = group_advantages(r, 4, eps=1e-4)
-    s = 0.5 / (0.5 + 1e-4)  # group 1: mean 0.5, population std 0.5
+    s = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # group 1: mean 0.5, unbiased std sqrt(1/3)
     assert torch.allclose(adv[:4], torch.tensor([s, -s, s, -s]))
     assert (adv[4:8] == 0).all()  # all equal: zero advantage, not 0/0
-    std3 = math.sqrt(3) / 4  # group 3: mean 1/4
+    std3 = 0.5  # group 3: mean 1/4, unbiased variance (3 * 1/16 + 9/16) / 3 = 1/4
     assert torch.allclose(adv[8:], torch.tensor([-0.25, -0.25, -0.25, 0.75]) / (std3 + 1e-4))
     assert abs(flat - 1 / 3) < 1e-6
-    with pytest.raises(ValueError, match="multiple of group_size=0"):
-        group_advantages(r, 0)
+    for bad in (0, 1):  # one sample has no group to compare with (and no unbiased std)
+        with pytest.raises(ValueError, match=f"multiple of group_size={bad}"):
+            group_advantages(r, bad)
+
+
+def test_step_pooling_weighs_every_step_alike():
+    """Two scored steps: step 0 scores 1 token, step 1 scores 3. Token pooling: (a + b + c + d) / 4;
+    MaskFocus's step pooling: (a + (b + c + d) / 3) / 2."""
+    x = torch.tensor([[[4.0, 9.0, 9.0, 9.0], [9.0, 1.0, 2.0, 6.0]]])  # (B=1, S=2, N=4)
+    mask = torch.tensor([[[True, False, False, False], [False, True, True, True]]])
+    assert abs(grpo.pool_mean(x, mask, "token").item() - (4 + 1 + 2 + 6) / 4) < 1e-6
+    assert abs(grpo.pool_mean(x, mask, "step").item() - (4 + (1 + 2 + 6) / 3) / 2) < 1e-6
+    # through grpo_loss: rho = 1, beta = 0, so the loss is the pooled -A; the advantage differs per sample
+    logp = torch.zeros(2, 2, 4)
+    m2 = torch.cat([mask, mask.flip(-1)])  # sample 1: step 0 scores position 3, step 1 positions 0-2
+    adv = torch.tensor([1.0, -2.0])
+    tok, _ = grpo_loss(logp, logp, logp, adv, m2, beta=0.0, pool="token")
+    step, _ = grpo_loss(logp, logp, logp, adv, m2, beta=0.0, pool="step")
+    assert abs(tok.item() - (-(1 * 4 - 2 * 4) / 8)) < 1e-6  # 4 tokens at A = 1, 4 at A = -2
+    assert abs(step.item() - (-(1 - 2) / 2 + -(3 - 6) / 6) / 2) < 1e-6  # each step: its own token mean
+    with pytest.raises(ValueError, match="pool must be"):
+        grpo.pool_mean(x, mask, "sample")
+
+
+def test_replay_trains_only_the_conditional_branch():
+    """The null prompt's word embedding is reached only through CFG's unconditional pass (real prompts
+    never hold <null>): with the branch detached, the replayed log-prob gives it no gradient at all,
+    though the value is the guided policy's, unchanged."""
+    from model import WORD_ID
+    from sample import policy_logits
+    m = tiny_model()
+    ids = encode_prompts(["a red circle", "two blue squares"])
+    _, tr = sample(m, ids, 4, cfg_scale=2.0, generator=torch.Generator().manual_seed(0), record=True)
+    null = WORD_ID["<null>"]
+    lp, mask = replay_logp(m, tr, [0, 1])
+    lp[mask].sum().backward()
+    assert (m.word_emb.weight.grad[null] == 0).all() and m.word_emb.weight.grad.abs().sum() > 0
+    m.zero_grad()
+    both = policy_logits(m, tr.states[0], ids, 2.0).log_softmax(-1)  # not detached: the null prompt learns
+    both.gather(-1, tr.tokens[0][..., None]).sum().backward()
+    assert m.word_emb.weight.grad[null].abs().sum() > 0
+    with torch.no_grad():
+        assert torch.allclose(policy_logits(m, tr.states[0], ids, 2.0, detach_uncond=True),
+                              policy_logits(m, tr.states[0], ids, 2.0))
 
 
 def test_grpo_loss_matches_a_direct_computation():
@@ -48,6 +94,7 @@ def test_grpo_loss_matches_a_direct_computation():
     assert abs(stats["kl"] - sum(kls) / n) < 1e-5
     # clipped entries: rho = e^.5 (b0 j0), e^-1 (b0 j1), e^.5 (b1 j1), e^-1.5 (b1 j2); unclipped: b1 j0 (rho 1)
     assert abs(stats["clip_frac"] - 4 / 5) < 1e-6
+    assert torch.allclose(grpo_loss(logp, old, ref, adv, mask, w, eps, beta, pool="step")[0], loss)  # (B, N): one step
     # the unclipped branch carries gradient, the clipped-and-binding one does not
     lp = logp.clone().requires_grad_(True)
     grpo_loss(lp, old, ref, adv, mask, None, eps, 0.0)[0].backward()

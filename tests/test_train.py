@@ -386,8 +386,16 @@ def test_a_checkpoint_older_than_a_field_matches_its_default(tmp_path):
     """A field added after a checkpoint was written counts as its default there (the old behaviour)."""
     cfg = config.parse_config(["--preset", "tiny", "--out", str(tmp_path)])
     ck = config.save_stage(cfg, "rl", dict(state={}))
-    del ck["config"]["rl_mask_floor"]  # as written before --rl-mask-floor existed
+    del ck["config"]["rl_pool"]  # as written before --rl-pool existed
     config.save_atomic(ck, str(tmp_path / "rl.pt"))
     assert config.load_stage(cfg, "rl") is not None
-    with pytest.raises(SystemExit, match="rl_mask_floor: checkpoint 0.5 vs now 0.6"):
-        config.load_stage(config.parse_config(["--preset", "tiny", "--out", str(tmp_path), "--rl-mask-floor", "0.6"]), "rl")
+    with pytest.raises(SystemExit, match="rl_pool: checkpoint 'token' vs now 'step'"):
+        config.load_stage(config.parse_config(["--preset", "tiny", "--out", str(tmp_path), "--rl-pool", "step"]), "rl")
+
+
+def test_maskgrpo_runs_at_its_own_mu_unless_told():
+    """--rl-estimator maskgrpo without --rl-mu takes MaskGRPO's image settings (mu 6, m 0.6); the others one update."""
+    parse = lambda *a: config.parse_config(["--preset", "tiny", *a])
+    assert (parse("--rl-estimator", "maskgrpo").rl_mu, parse("--rl-estimator", "maskgrpo").rl_mask_floor) == (6, 0.6)
+    assert parse("--rl-estimator", "maskgrpo", "--rl-mu", "2").rl_mu == 2
+    assert parse().rl_mu == 1 and parse("--rl-estimator", "replay").rl_mu == 1
