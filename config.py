@@ -86,7 +86,7 @@ class Config:
     sc_prompts: int = 512  # trajectories (x2 with CFG)
     sc_iters: int = 3000
     sc_batch: int = 64
-    sc_lr: float = 1e-3
+    sc_lr: float = 1e-4  # AdamW, as the paper
     sc_width: int = 0  # 0: d_model / 2
     sc_unroll: int = 1  # training chains up to this many shortcut steps (1: the paper's one-step target)
     sc_uncond: str = "cache"  # cache: shortcut steps move only the conditional CFG branch | shortcut: both (paper)
