@@ -35,8 +35,8 @@ class Config:
     fresh: bool = False  # redo every stage even if its checkpoint matches
     # world and codebook
     image_size: int = 32
-    patch: int = 8
-    grid: int = 8  # objects on this pixel grid (= patch: one object, one token; 1: anywhere, ~900 distinct 4x4 patches)
+    patch: int = 4  # 4x4-pixel patches: an 8x8 grid of 64 image tokens at 32x32
+    grid: int = 4  # objects (8 or 12 px) on this pixel grid: each spans 2x2 or 3x3 tokens (1: anywhere)
     codebook_size: int = 64
     fit_images: int = 4000  # rendered scenes the codebook is fitted on
     # model
@@ -44,22 +44,22 @@ class Config:
     n_layers: int = 4
     n_heads: int = 4
     # pretraining (training scenes are rendered on the fly: unlimited fresh data)
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 1000
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.05
     prompt_drop: float = 0.1
     # sampling and evaluation
-    sample_steps: int = 16  # = the 16 tokens: one per step (T=12 lifted RL about half as much, README)
+    sample_steps: int = 12  # parallel decoding: 64 tokens in 12 steps, 5.3 per step on average (cosine: 1 to 8)
     cfg_scale: float = 2.0  # w in uncond + w (cond - uncond); 0 turns CFG off (one conditional pass)
     temperature: float = 0.8
     choice_temperature: float = 4.5
     eval_prompts: int = 400  # fixed, seeded, balanced over the four categories
-    eval_samples: int = 3  # samples per prompt
+    eval_samples: int = 2  # samples per prompt
     eval_batch: int = 400
     # RL (GRPO, grpo.py)
-    rl_updates: int = 100
+    rl_updates: int = 60
     rl_prompts: int = 8  # prompts per update
     group_size: int = 8  # samples per prompt (G)
     rl_lr: float = 1e-4
@@ -75,16 +75,18 @@ class Config:
     rl_per_sample: bool = False  # focus: each sample's own k critical steps instead of the batch's
     clip_eps: float = 0.2
     beta: float = 0.01
-    rl_eval_every: int = 25  # held-out accuracy (compare_eval_prompts, 1 sample each) every this many updates; 0: off
+    rl_eval_every: int = 30  # held-out accuracy (compare_eval_prompts, 1 sample each) every this many updates; 0: off
     # the focus comparison (python train.py --compare): every variant from the pretrained weights
     compare: bool = False
     compare_seeds: int = 3
     compare_updates: int = 0  # 0: rl_updates
     compare_eval_prompts: int = 200  # held-out prompts (1 sample each) for the accuracy curves
     compare_variants: str = ""  # comma-separated indices into train.VARIANTS (0-4); empty: all five
+    # the parallelism table: the evaluation at each of these step counts, pretrained and RL model
+    sweep_steps: str = ""  # comma-separated T, e.g. 4,6,8,12,16,32; empty: off
     # shortcut (shortcut.py), trained after RL on the final model's trajectories; sc_iters 0 skips it
     sc_prompts: int = 512  # trajectories (x2 with CFG)
-    sc_iters: int = 3000
+    sc_iters: int = 1500
     sc_batch: int = 64
     sc_lr: float = 1e-4  # AdamW, as the paper
     sc_width: int = 0  # 0: d_model / 2
@@ -103,22 +105,28 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 FIELD_NOTES = dict(re.findall(r"^    (\w+): \w+ = [^#\n]*# *(.*)$", inspect.getsource(Config), re.M))
 
 PRESETS = {
-    "tiny": dict(image_size=32, fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
+    "tiny": dict(fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
                  batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16,
                  rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2, compare_eval_prompts=8,
                  sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
-    "cpu": dict(),  # the Config defaults
-    # not yet run on a GPU: the same 4x4 board of token-sized objects at 64x64 (16x16 patches), a wider
-    # model, larger batches. 400 pretraining steps is where colour-shape binding begins, so which side of it a
-    # seed lands on sets RL's lift (run on the CPU, seeds 0 / 1 / 2 / 3: +30.8 / +23.0 / +10.9 / +15.7 after
-    # 100 updates, +33.0 / +29.0 / +10.7 / +21.6 after 200, where RL goes on to teach binding; FINDINGS.md,
-    # section 5). The comparison keeps 100 updates per run (15 runs). The shortcut table is timed at batch 4096:
-    # at 256 a step of this small model is about 100 kernel launches for little compute, and launches are what
-    # the shortcut does not save (README, "The GPU preset"; the CPU runs there were timed at 256).
-    "gpu": dict(image_size=64, patch=16, grid=16, d_model=256, n_layers=6, n_heads=8, pretrain_steps=400,
-                batch_size=256, lr=1.5e-3, warmup=100, eval_batch=1200, rl_updates=200, rl_prompts=32,
-                compare_updates=100, compare_eval_prompts=400,
-                sc_prompts=1024, sc_bench_batch=4096),
+    "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
+    # MaskGIT's 16x16 = 256-token grid (64x64 pixels, 4x4 patches; objects of 16-24 px span 4x4 to 6x6
+    # tokens) in T = 12 steps: 21 tokens per step on average. Lengths by FLOP count, for at most 5 minutes
+    # on one H200 at an assumed 25% of 790 bf16 TFLOP/s = 198 TFLOP/s (59 PFLOP in 300 s). A forward pass
+    # of one sequence (8 words + 256 tokens, d 256, 6 layers, 4.7M weights) costs 2 x 4.7M x 264 + attention
+    # 4 x 6 x 264^2 x 256 = 2.5 + 0.4 = 2.9 GFLOP; a training pass 3x that, 8.7 GFLOP.
+    #   pretraining   2000 steps x batch 256 x 8.7 GFLOP                                    = 4.5 PFLOP
+    #   evaluations   2 x 1600 images x 12 steps x 2 (CFG) x 2.9 GFLOP                      = 0.2 PFLOP
+    #   RL            200 updates x 256 rollouts x (12 x 2 x 2.9 sampling + 4 steps x
+    #                 (8.7 policy + 2.9 reference + 2.9 old)) GFLOP                         = 6.5 PFLOP
+    #   held-out      8 evals x 400 images x 12 x 2 x 2.9 GFLOP                             = 0.2 PFLOP
+    #   shortcut      collection 1024 x 2 x 12 x 2.9 + 8 table rows of 1600 images (about 50 base
+    #                 calls each incl. CFG) x 2.9 + timed batch 1024 x 4 rounds            = 4.2 PFLOP
+    #   total about 15.6 PFLOP: 79 s at 198 TFLOP/s, so the 5-minute budget also holds at ~7% MFU.
+    "gpu": dict(image_size=64, patch=4, grid=4, codebook_size=256, d_model=256, n_layers=6, n_heads=8,
+                pretrain_steps=2000, batch_size=256, lr=1.5e-3, warmup=100, eval_samples=4, eval_batch=1600,
+                rl_updates=200, rl_prompts=32, rl_eval_every=25, compare_updates=100, compare_eval_prompts=400,
+                sc_prompts=1024, sc_iters=3000, sc_bench_batch=1024),
 }
 
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
@@ -164,6 +172,8 @@ def out_of_range(name, value):
 
 
 def stage_config(cfg, stage):
+    if stage == "sweep":  # the evaluation settings at other step counts, of both models
+        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps)
     if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
         return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
     names = []
@@ -220,10 +230,19 @@ def parse_config(argv=None, description=None):
     sc_width = cfg.sc_width or cfg.d_model // 2  # 0: half the model width, as shortcut.Shortcut
     if sc_width % shortcut.N_HEADS:
         ap.error(f"the shortcut's width {sc_width} must be a multiple of its {shortcut.N_HEADS} heads; set --sc-width")
+    if (cfg.d_model // cfg.n_heads) % 4:
+        ap.error(f"the head size d_model / n_heads must be a multiple of 4 (2-D RoPE: row and column pairs), "
+                 f"got {cfg.d_model} / {cfg.n_heads}")
     if cfg.eval_prompts < 4 or cfg.eval_prompts % 4:
         ap.error(f"--eval-prompts must be a positive multiple of 4 (balanced over the four categories), got {cfg.eval_prompts}")
     if not 1 <= cfg.sample_steps <= cfg.n_tokens:  # checked now, not after minutes of pretraining
         ap.error(f"--sample-steps must be between 1 and the {cfg.n_tokens} image tokens, got {cfg.sample_steps}")
+    try:
+        sweep = sweep_list(cfg.sweep_steps)
+    except ValueError:
+        ap.error(f"--sweep-steps must be comma-separated step counts like 4,6,8,12, got {cfg.sweep_steps!r}")
+    if any(not 1 <= t <= cfg.n_tokens for t in sweep):
+        ap.error(f"--sweep-steps must each be between 1 and the {cfg.n_tokens} image tokens, got {cfg.sweep_steps}")
     if not 1 <= cfg.rl_k <= cfg.sample_steps:
         ap.error(f"--rl-k must be between 1 and --sample-steps {cfg.sample_steps}, got {cfg.rl_k}")
     if cfg.compare and not (cfg.compare_updates or cfg.rl_updates):
@@ -233,6 +252,11 @@ def parse_config(argv=None, description=None):
     if cfg.compare and cfg.rl_estimator == "maskgrpo":
         ap.error("--compare varies the scored steps, and --rl-estimator maskgrpo scores none; use remask or replay")
     return cfg
+
+
+def sweep_list(spec):
+    """'4,6,8' -> [4, 6, 8] (sorted, no repeats); '' -> []."""
+    return sorted({int(x) for x in spec.split(",") if x.strip()})
 
 
 def pick_device(name=None):

@@ -89,9 +89,9 @@ def critical_steps(gain, k):
 
 
 def first_commit(traj, is_object):
-    """The first committed position whose final token is an object: (step (B,), position (B,)), -1 where none.
-    is_object (K,) bool over the codebook. On the toy board this is the sample's first real decision
-    (README: binding and relation errors are made there)."""
+    """The first committed position whose final token is a part of an object: (step (B,), position (B,)), -1
+    where none. is_object (K,) bool over the codebook (probe.part_labels: codes that belong to one colour and
+    shape). That commit is the sample's first real decision: binding and relation errors begin there."""
     hit = traj.committed & is_object.to(traj.final.device)[traj.final][None]  # (T, B, N)
     T, B, N = hit.shape
     flat = hit.permute(1, 0, 2).reshape(B, T * N)  # step-major: the first True is the earliest step
@@ -271,7 +271,7 @@ if __name__ == "__main__":
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
     picked, picked_each, gains, sims = collections.Counter(), collections.Counter(), [], []
     K, N = vq.codes.shape[0], model.cfg.n_tokens
-    label = probe.object_labels(vq, math.isqrt(N))  # what each code draws alone: (colour, shape) or None
+    label = probe.part_labels(vq, cfg.image_size, cfg.grid)  # what each code is a part of: (colour, shape) or None
     is_object = torch.tensor([x is not None for x in label])
     first = collections.Counter()  # the first object each sample commits: when, and what it decides
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling

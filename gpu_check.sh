@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks the issues ask for, as one command for a borrowed GPU machine (README: "The GPU preset").
+# The GPU measurements as one deadline-bound command (README: "The GPU preset").
 #
 #   bash gpu_check.sh                        # on the GPU machine, from the repository root
 #   PRESET=tiny DEVICE=cpu DEADLINE=120 OUT=/tmp/g bash gpu_check.sh     # a dry run anywhere
 #
 # In order, each step given what is left of DEADLINE seconds (default 400) and stopped (SIGINT, then KILL)
 # when they run out:
-#   1. python train.py --preset gpu: pretraining, evaluation, RL, evaluation, shortcut table (issues 3, 4, 6)
-#   2. python sample.py --bench: images/s at T=12 with CFG, batch 256, on the final model, and its ops (issue 3)
-#   3. python shortcut.py --prompt ... --n B for B in $SWEEP (256 1024 4096): vanilla vs the shortcut's 4 base calls,
-#      ms/image at each batch, to show where launches stop setting the pace (issue 6; the table is at 4096)
-#   4. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds (issue 5); seed by seed, so
+#   1. python train.py --preset gpu: pretraining, evaluation, RL, evaluation, shortcut table
+#   2. python sample.py --bench: images/s at T=12 with CFG, batch 256, on the final model, and its ops
+#   3. python shortcut.py --prompt ... --n B for B in $SWEEP (256 1024 4096): vanilla vs the shortcut's default budget (half the steps),
+#      ms/image at each batch, to show where launches stop setting the pace (the table's batch is the preset's sc_bench_batch)
+#   4. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds; seed by seed, so
 #      one stopped early still compares every variant, and metrics.jsonl holds each finished run
 # Stopping loses at most `--snapshot-secs` of a stage: a rerun on the same machine (whose ignored out/ is kept
 # while it stays warm) skips finished stages and resumes the unfinished one from its snapshot, so the same
@@ -46,7 +46,7 @@ step() {  # step NAME CMD...: run CMD with what is left of the deadline; log its
     echo "[gpu_check] $name: exit $rc after $(($(date +%s) - t0))s$( ((rc == 124)) && echo ' (deadline: rerun to go on)')" | tee -a "$log"
 }
 
-keep() {  # what comes back: at most 8 files (device tool), so one archive beside the log and the report
+keep() {  # what comes back: a few files, so one archive beside the log and the report
     local files
     files=$(cd "$RUN" 2>/dev/null && ls report.md metrics.jsonl ./*.png ./*.gif 2>/dev/null)
     cp "$RUN/report.md" "$OUT/" 2>/dev/null

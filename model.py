@@ -4,10 +4,10 @@ bidirectional masked transformer that generates those tokens, MaskGIT-style.
 
 VQCodebook: instead of a trained VQ-GAN we fit k-means to the non-overlapping p x p
 patches of rendered images. Each patch becomes the id of its nearest centroid, and
-decoding pastes the centroids back. With token-aligned objects (train.py: 8x8 patches,
-objects on the 8-pixel grid) there are only 13 distinct patches and K=64 is lossless; with
-free placement (grid=1) there are about 900 distinct 4x4 patches and K=1024 is nearly
-lossless. Either way it is all the RL and shortcut experiments need: a discrete token grid
+decoding pastes the centroids back. train.py's objects lie on the 4-pixel grid of its 4x4
+patches, so a code is a *part* of a shape (an arc of a circle, a slope of a triangle, a fill, an
+edge): 57 distinct patches at 32x32 (K=64 is lossless), 129 at 64x64 (K=256); with free
+placement (grid=1) there are about 900 distinct 4x4 patches and K=1024 is nearly lossless. Either way it is all the RL and shortcut experiments need: a discrete token grid
 whose images the verifier can score. The mask token id is K = codebook_size, one past the last code.
 
 MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image tokens]
@@ -15,8 +15,11 @@ MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image
 position; the MaskGIT loss only scores the masked ones. Prompts are tokenised word by
 word over the grammar's fixed vocabulary (encode_prompts); an all-<null> prompt, learned
 by dropping prompts during pretraining, is the unconditional branch for classifier-free
-guidance. Simplified versus MaskGIT: no timestep input (the mask pattern says it all),
-learned absolute position embeddings, no weight tying.
+guidance. Image positions are known two ways: a learned absolute embedding and a 2-D rotary
+embedding (RoPE over row and column; the prompt words are not rotated). The rotary part makes
+attention see relative offsets, so "the token above me is the top arc of a red circle" is learned
+once for every place on the grid: with objects of 2x2 to 3x3 tokens that is what lets parts agree.
+Simplified versus MaskGIT: no timestep input (the mask pattern says it all), no weight tying.
 """
 
 import argparse
@@ -176,8 +179,29 @@ class ModelConfig:
     mlp_ratio: int = 4
 
 
+def rope_2d(n_tokens, head_dim, n_prefix, base=100.0):
+    """2-D rotary angles -> (cos, sin), each (n_prefix + N, head_dim / 2). The first half of the rotated
+    pairs turns with the token's row, the second with its column; the n_prefix prompt words get angle 0."""
+    g = math.isqrt(n_tokens)
+    if g * g != n_tokens or head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a square token grid and a head size divisible by 4, "
+                         f"got {n_tokens} tokens and head size {head_dim}")
+    pos = torch.arange(n_tokens)
+    freqs = base ** (-torch.arange(head_dim // 4) / (head_dim // 4))  # (dh/4,)
+    ang = torch.cat([(pos // g)[:, None] * freqs, (pos % g)[:, None] * freqs], 1)  # (N, dh/2): rows | columns
+    ang = torch.cat([torch.zeros(n_prefix, head_dim // 2), ang])  # (L + N, dh/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the pairs (x[..., i], x[..., i + dh/2]) of x (B, heads, S, dh) by the angles behind cos, sin (S, dh/2)."""
+    x1, x2 = x.chunk(2, -1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Bidirectional attention."""
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Bidirectional attention, 2-D RoPE."""
 
     def __init__(self, d, n_heads, mlp_ratio):
         super().__init__()
@@ -186,9 +210,10 @@ class Block(nn.Module):
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
 
-    def forward(self, x):
+    def forward(self, x, cos, sin):
         B, S, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, S, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, heads, S, D/heads)
         a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, S, D/heads), every token sees every token
         x = x + self.proj(a.transpose(1, 2).reshape(B, S, D))
         return x + self.mlp(self.ln2(x))
@@ -208,6 +233,9 @@ class MaskedTransformer(nn.Module):
         self.word_emb = nn.Embedding(len(WORDS), D)
         self.word_pos = nn.Parameter(torch.randn(1, PROMPT_LEN, D) * 0.02)
         self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
+        cos, sin = rope_2d(cfg.n_tokens, D // cfg.n_heads, PROMPT_LEN)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (L + N, D/heads/2), rebuilt, never saved
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.ln_f = nn.LayerNorm(D)
         self.head = nn.Linear(D, cfg.codebook_size)  # never predicts the mask id
         self.apply(self._init)
@@ -236,7 +264,7 @@ class MaskedTransformer(nn.Module):
         p = self.word_emb(prompt_ids) + self.word_pos  # (B, L, D)
         x = torch.cat([p, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, self.rope_cos, self.rope_sin)
         return self.ln_f(x[:, PROMPT_LEN:])  # (B, N, D)
 
     def forward(self, tokens, prompt_ids, return_features=False):
@@ -276,8 +304,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Fit the VQ codebook and check that verdicts survive encode -> decode.")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--codebook-size", type=int, default=64)
-    ap.add_argument("--patch", type=int, default=8)
-    ap.add_argument("--grid", type=int, default=8, help="objects on this pixel grid (1: anywhere)")
+    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--grid", type=int, default=4, help="objects on this pixel grid (1: anywhere)")
     ap.add_argument("--fit-images", type=int, default=4000)
     ap.add_argument("--n", type=int, default=2000, help="held-out scenes to check")
     ap.add_argument("--seed", type=int, default=0)

@@ -3,10 +3,11 @@ What a generator knows about a prompt's *structure* before it commits anything: 
 read off the guided policy on an empty board. RL can sharpen what these show; the
 README ("Where RL stops") measured that it does not create it.
 
-On the token-aligned board (grid = patch, both presets) each object is exactly one token, so a code
-*is* an object, and the policy's probabilities on a fully masked board say where the model would put
-which object. A model that reads the prompt as a bag of words scores about 50% on all three
-measures (on order an exact tie counts as wrong; placement's 50% is the 4x4 board's, below):
+An object spans several tokens, and most codes are *parts* of one colour and shape (the top-left arc of
+a red circle, the left slope of a blue triangle; a plain fill is mostly squares'); the background belongs
+to none (part_labels). Summed over an object's parts, the policy's probabilities on
+a fully masked board say where the model would put which object. A model that reads the prompt as a bag
+of words scores about 50% on all three measures (on order an exact tie counts as wrong):
 
   binding    "a C1 S1 and a C2 S2" with two colours and two shapes: the share of the policy's mass
              (summed over cells) on those four objects that goes to the two swaps, C1 S2 and C2 S1.
@@ -14,16 +15,14 @@ measures (on order an exact tie counts as wrong; placement's 50% is the 4x4 boar
   relations  "a C1 S1 REL a C2 S2", every ordered pair of different objects and every relation:
              order: the share of prompts whose first object's expected row (or column) on the
              empty board lies on the named side of the second's;
-             placement: the share of each object's empty-board mass on the cells where the renderer
-             can put it (the first with room for the second on the named side, a cell between them;
-             the second likewise), averaged over the two objects. On a 4x4 board those are two
-             complementary halves, so a model that gives both objects one distribution scores 50%.
-             It is the first commit that decides a relation there: once one object is down, the
-             partner's cell two along the line exists on one side only, so a conditional test
-             would be trivial on the data's cells and off the data elsewhere.
+             placement: the share of each object's empty-board mass on the named half of the grid
+             (the first object's on the left half for "left of", the second's on the right half),
+             averaged over the two objects: a model that gives both objects one distribution
+             scores 50%.
 
 Simplified: the masses are the one-step policy (CFG and temperature as the run samples, no Gumbel
-choice noise); an object whose code the codebook lacks is skipped.
+choice noise); an object with no part of its own in the codebook is skipped. (On the older board world,
+grid = patch = 8, a code is a whole object and the same measures read one code per object.)
 
     python probe.py --ckpt out [--pretrained]
 """
@@ -32,21 +31,23 @@ import math
 
 import torch
 
-import rewards
 import world
 from model import encode_prompts
 from sample import policy_logits
 
 
-def object_labels(vq, side):
-    """What each code draws alone on a black board: (colour, shape), or None (background, fragments)."""
-    K, N = vq.codes.shape[0], side * side
-    boards = torch.full((K, N), int(vq.codes.pow(2).sum(1).argmin()), device=vq.codes.device)  # black everywhere
-    boards[:, side + 1] = torch.arange(K, device=boards.device)  # code k on one inner cell
-    o = rewards.find_objects(vq.decode(boards).cpu())
-    drawn = [[(world.COLOR_NAMES[c], (world.SHAPES + ("blob",))[s]) for i, c, s in
-              zip(o["image"].tolist(), o["color"].tolist(), o["shape"].tolist()) if i == k] for k in range(K)]
-    return [d[0] if len(d) == 1 and d[0][1] != "blob" else None for d in drawn]
+def part_labels(vq, image_size, grid, n=40, seed=0, share=1 / 2):
+    """What each code is a part of: the (colour, shape) that holds more than `share` of the code's uses in
+    renders of one object each, else None (the background, a part several shapes use alike). K labels.
+    A square is all plain fill, which circles and triangles of its colour hold too, but far less of."""
+    g = torch.Generator().manual_seed(seed)
+    objs = [(c, s) for c in world.COLOR_NAMES for s in world.SHAPES]
+    prompts = [world.make_prompt("single", [o]) for o in objs for _ in range(n)]
+    tokens = vq.encode(world.render(prompts, image_size, g, grid=grid).to(vq.codes.device)).cpu()  # (12 n, N)
+    uses = torch.stack([torch.bincount(tokens[i * n:(i + 1) * n].flatten(), minlength=vq.codebook_size)
+                        for i in range(len(objs))]).float()  # (12, K)
+    top, who = uses.max(0)
+    return [objs[int(w)] if t > 0 and t > share * u else None for t, w, u in zip(top, who, uses.sum(0))]
 
 
 @torch.no_grad()
@@ -88,10 +89,10 @@ def coordinate(rel, side):
 
 
 def data_cells(rel, side):
-    """(first, second), each (N,) bool: the cells where the renderer can put the first and the second
-    object of "first REL second" (in line, with at least one empty cell between)."""
+    """(first, second), each (N,) bool: the named halves of the grid for the first and the second object
+    of "first REL second" (the left and the right half for "left of")."""
     x, sign = coordinate(rel, side)
-    low, high = x <= side - 3, x >= 2  # room for a partner two or more cells further on / further back
+    low, high = x < side // 2, x >= side - side // 2
     return (low, high) if sign > 0 else (high, low)
 
 
@@ -108,28 +109,26 @@ def relations(model, cfg, labels):
     """{order, placement, prompts}: the two relation measures (module docstring)."""
     N = model.cfg.n_tokens
     side = math.isqrt(N)
-    code = {}
-    for k, lab in enumerate(labels):
-        code.setdefault(lab, k)  # vq.encode picks the first of equal codes
-    objs = [o for o in code if o is not None]
+    objs = list(dict.fromkeys(lab for lab in labels if lab is not None))
+    parts = torch.tensor([[lab == o for lab in labels] for o in objs], dtype=torch.float32)  # (O, K)
     cases = [(a, rel, b) for a in objs for b in objs if a != b for rel in world.RELATIONS]
     prompts = [world.make_prompt("position", (a, b), rel) for a, rel, b in cases]
-    ka, kb = torch.tensor([code[a] for a, _, _ in cases]), torch.tensor([code[b] for _, _, b in cases])
     dev = next(model.parameters()).device
     p = policy_probs(model, torch.full((len(cases), N), model.mask_id, device=dev), prompts, cfg)  # (P, N, K)
-    P = torch.arange(len(cases))
-    order = order_right(p[P, :, ka], p[P, :, kb], [rel for _, rel, _ in cases], side).float().mean().item()
+    pa = (p * parts[[objs.index(a) for a, _, _ in cases]][:, None]).sum(-1)  # (P, N) the first object's mass
+    pb = (p * parts[[objs.index(b) for _, _, b in cases]][:, None]).sum(-1)  # (P, N) the second's
+    order = order_right(pa, pb, [rel for _, rel, _ in cases], side).float().mean().item()
     cells = [data_cells(rel, side) for _, rel, _ in cases]
     on = lambda mass, where: ((mass * where).sum(1) / mass.sum(1).clamp(min=1e-12))  # (P,)
     first, second = torch.stack([f for f, _ in cells]), torch.stack([s for _, s in cells])  # (P, N)
-    placement = ((on(p[P, :, ka], first) + on(p[P, :, kb], second)) / 2).mean().item()
+    placement = ((on(pa, first) + on(pb, second)) / 2).mean().item()
     return dict(order=order, placement=placement, prompts=len(cases))
 
 
 def report(model, cfg, labels):
     """The two measures as the lines focus.py and probe.py print."""
-    if cfg.grid != cfg.patch or not any(labels):
-        return f"binding and relations: not measured (they need one object per token, grid == patch; grid {cfg.grid})"
+    if not any(labels):
+        return f"binding and relations: not measured (no code is a part of one object alone; grid {cfg.grid})"
     share, n = binding(model, cfg, labels)
     rel = relations(model, cfg, labels)
     return (f"binding on the empty board ({n} prompts \"a C1 S1 and a C2 S2\", two colours and two shapes): "
@@ -137,7 +136,7 @@ def report(model, cfg, labels):
             f"relations on the empty board ({rel['prompts']} prompts \"a C1 S1 REL a C2 S2\"): the first object's "
             f"mean position is on the named side of the second's in {rel['order']:.1%} of prompts (50%: word order "
             f"unknown); {rel['placement']:.1%} of the two objects' mass is on cells where the renderer can put them "
-            f"(50% on a 4x4 board: direction unknown)")
+            f"(the named halves; 50%: direction unknown)")
 
 
 if __name__ == "__main__":
@@ -152,4 +151,4 @@ if __name__ == "__main__":
     args = ap.parse_args()
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev, pretrained=args.pretrained)
-    print(report(model, cfg, object_labels(vq, math.isqrt(model.cfg.n_tokens))))
+    print(report(model, cfg, part_labels(vq, cfg.image_size, cfg.grid)))

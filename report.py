@@ -198,6 +198,17 @@ def write_report(cfg, dev, vq_mse, res):
                       "pretrained" if ev is res["eval_pretrain"] else "after RL" for ev in evals)
                   + "; each failed sample counts once, under the first reason that applies (top to bottom).", ""]
         lines += failure_table(evals)
+    if "sweep" in res:
+        rows = res["sweep"]["rows"]
+        fails = [m for m in rows[0]["failures"] if m != "ok"]
+        lines += ["", "## Parallel decoding: quality against the step count", "",
+                  f"The evaluation above (same prompts and seeds) at each step count T: {cfg.n_tokens} tokens in T "
+                  "steps. Failure columns: share of all samples, first reason that applies.", "",
+                  "| model | T | tokens / step | accuracy | " + " | ".join(world.CATEGORIES) + " | quality FD | "
+                  + " | ".join(fails) + " |", "| --- " * (5 + len(world.CATEGORIES) + len(fails)) + "|"]
+        lines += [f"| {r['model']} | {r['steps']} | {r['tokens_per_step']:.1f} | {r['accuracy']['overall']:.1%} | "
+                  + " | ".join(f"{r['accuracy'][c]:.1%}" for c in world.CATEGORIES) + f" | {r['quality']:.3f} | "
+                  + " | ".join(f"{r['failures'][m]:.1%}" for m in fails) + " |" for r in rows]
     if "compare" in res:
         ck = res["compare"]
         lines += ["", "## Critical steps and tokens (focus.py), from the same pretrained weights", "",
@@ -218,7 +229,7 @@ def write_report(cfg, dev, vq_mse, res):
         bench_dev = sc.get("device", str(dev))  # where the latencies were measured
         fill = " (the evaluation prompts repeated)" if sc["bench_batch"] > sc["n_eval"] else ""
         lines += ["", f"Latency per image at batch {sc['bench_batch']}{fill} on `{bench_dev}` "
-                  f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 5 rounds "
+                  f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 3 rounds "
                   f"that time every row in turn); accuracy and quality "
                   f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",
                   *speed_table_lines(sc["table"])]
@@ -235,7 +246,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="out")
     args = ap.parse_args()
     res, fields = {}, {}
-    for stage in ["pretrain", "eval_pretrain", "rl", "eval_rl", "shortcut", "compare"]:
+    for stage in ["pretrain", "eval_pretrain", "rl", "eval_rl", "sweep", "shortcut", "compare"]:
         path = os.path.join(args.out, f"{stage}.pt")
         if os.path.exists(path):
             res[stage] = config.load_checkpoint(path)

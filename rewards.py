@@ -212,13 +212,17 @@ def reward(images, prompts):
     return _score(*_tally(images, prompts), images.shape[-1])
 
 
-FAILURES = ("ok", "too few objects", "too many objects", "a malformed shape", "colours and shapes swapped",
+FAILURES = ("ok", "too few objects", "too many objects", "mismatched parts", "colours and shapes swapped",
             "wrong colour or shape", "wrong position")
 
 
 @torch.no_grad()
 def failure_modes(images, prompts):
     """Why each sample fails: B names from FAILURES, the first that applies in that order.
+    "mismatched parts": an object that is no legal shape (a blob). With objects of 2x2 to 3x3 tokens it
+    is what parallel decoding gets wrong: one step commits tokens that do not belong together (the top
+    row of a square over the body of a circle, the left of a triangle beside the right of a circle).
+    A hybrid whose corners and fill happen to fit another shape counts as "wrong colour or shape".
     "colours and shapes swapped": the right colours and the right shapes, bound to each other
     wrongly ("a red circle and a blue square" drawn as a blue circle and a red square)."""
     prompts = prompt_list(prompts)
@@ -292,7 +296,7 @@ if __name__ == "__main__":
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--n", type=int, default=2000, help="images in the benchmark")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid", type=int, default=1, help="objects on this pixel grid (train.py uses 8)")
+    ap.add_argument("--grid", type=int, default=1, help="objects on this pixel grid (train.py uses 4)")
     ap.add_argument("--out", default="out/rewards_grid.png")
     args = ap.parse_args()
     import os

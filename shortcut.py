@@ -319,7 +319,7 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
         for kind, steps, budget in configs]
     bench_ids = prompt_ids.repeat(-(-bench_batch // len(prompt_ids)), 1)[:bench_batch]  # (bench_batch, L)
     secs = time_interleaved([lambda run=run: run(bench_ids, torch.Generator(dev).manual_seed(seed)) for run in runs],
-                            dev)
+                            dev, rounds=3)
     rows = []
     for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
         g = torch.Generator(dev).manual_seed(seed)
@@ -341,7 +341,7 @@ if __name__ == "__main__":
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder (shortcut.pt)")
     ap.add_argument("--prompt", default=None, help="sample this prompt both ways and write shortcut.png")
     ap.add_argument("--budget", type=int, default=None,
-                    help="base-model calls of the shortcut sampler (default: a quarter of the run's steps, at least 2)")
+                    help="base-model calls of the shortcut sampler (default: half the run's steps, at least 2)")
     ap.add_argument("--n", type=int, default=8, help="samples of --prompt per sampler: the timed batch (the PNG shows 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
@@ -363,7 +363,7 @@ if __name__ == "__main__":
             ap.error(str(e))
         model, vq, cfg = config.load_generator(args.ckpt, dev)
         T = cfg.sample_steps
-        args.budget = min(T, max(2, T // 4)) if args.budget is None else args.budget  # T=16: 4, the table's first
+        args.budget = min(T, max(2, T // 2)) if args.budget is None else args.budget  # T=12: 6, the table's last
         if not 1 <= args.budget <= T or args.n < 1:
             ap.error(f"--budget must be between 1 and the run's {T} sampling steps and --n at least 1, "
                      f"got {args.budget} and {args.n}")

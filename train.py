@@ -6,6 +6,7 @@ The whole story, end to end, writing out/:
     python train.py                   # GPU preset if CUDA is there, else the CPU preset (it says which)
     python train.py --preset tiny     # the smoke run the tests use (seconds on a CPU)
     python train.py --compare         # also focus.py's comparison: every RL variant x 3 seeds
+    python train.py --sweep-steps 4,8,12,32   # also the parallelism table: both models at each step count
     python train.py --rl-lr 3e-5      # any Config field (config.py) is a flag; --fresh redoes stages
 
 Each stage saves an atomic checkpoint out/<stage>.pt holding the settings it depends on; a rerun
@@ -15,6 +16,7 @@ sample grids with verdicts before and after RL, out/trajectory.gif, out/rl_rewar
 """
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -28,7 +30,7 @@ import rewards
 import shortcut
 import world
 from config import (drop_progress, load_checkpoint, load_progress, load_stage, make_out, model_config,
-                    parse_config, pick_device, restore, save_progress, save_stage, snapshot, state_dict)
+                    parse_config, pick_device, restore, save_progress, save_stage, snapshot, state_dict, sweep_list)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample, save_gif, trajectory_frames
 
@@ -153,6 +155,29 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
                       os.path.join(cfg.out, f"samples_{name.split('_', 1)[1]}.png"))
     return save_stage(cfg, name, dict(accuracy=acc, quality=fd, reward=r.mean().item(), seconds=seconds,
                                       rewards=r, failures=failures, n=len(prompts)))
+
+
+def stage_sweep(cfg, models, vq, data, dev):
+    """The parallelism table: the evaluation (same prompts, same seed) at each step count of --sweep-steps,
+    for each of `models` (name -> model). Fewer steps commit more tokens per step: MaskGIT's speed-quality
+    trade-off, and whether RL moves it."""
+    if (ck := load_stage(cfg, "sweep")) is not None:
+        return ck
+    prompts, ref, rows = data["eval_prompts"], data["eval_ref"].float() / 255, []
+    for name, model in models.items():
+        for T in tqdm(sweep_list(cfg.sweep_steps), desc=f"sweep {name}", leave=False):
+            t0 = time.time()
+            images = generate(dataclasses.replace(cfg, sample_steps=T), model, vq, prompts, dev, seed=cfg.seed + 100)
+            r = rewards.reward(images, prompts)
+            modes = rewards.failure_modes(images, prompts)
+            rows.append(dict(model=name, steps=T, tokens_per_step=cfg.n_tokens / T,
+                             accuracy=rewards.accuracy_report(r, prompts), quality=rewards.quality(images, ref),
+                             failures={m: modes.count(m) / len(modes) for m in rewards.FAILURES},
+                             seconds=time.time() - t0))
+            print(f"[sweep] {name} T={T}: accuracy {rows[-1]['accuracy']['overall']:.1%}, "
+                  f"quality FD {rows[-1]['quality']:.3f}")
+            report.log_metrics(cfg, stage="sweep", **rows[-1])
+    return save_stage(cfg, "sweep", dict(rows=rows))
 
 
 def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
@@ -344,7 +369,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
         acc = rewards.accuracy_report(rewards.reward(images, prompts), prompts)
         return dict(accuracy=acc.pop("overall"), **acc, quality=rewards.quality(images, ref))
 
-    budgets = sorted({max(2, T // 4), T // 3, 3 * T // 8, T // 2})  # T=16: 4, 5, 6, 8 base calls
+    budgets = sorted({max(2, T // 3), max(2, T // 2)})  # T=12: 4 and 6 base calls (8 rows in all)
     configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]
                + [("shortcut", T, b) for b in budgets])
     table = shortcut.speed_table(model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
@@ -376,9 +401,14 @@ def main(argv=None):
     model, pre = stage_pretrain(cfg, vq, dev)
     res = dict(cfg=cfg, pretrain=pre, eval_pretrain=stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev))
     write_trajectory_gif(cfg, model, vq, dev)
+    models = {"pretrained": model}
     if cfg.rl_updates > 0:
+        models["pretrained"] = copy.deepcopy(model)  # RL trains `model` in place
         model, res["rl"] = stage_rl(cfg, model, vq, data, dev)
         res["eval_rl"] = stage_evaluate(cfg, "eval_rl", model, vq, data, dev)
+        models["after RL"] = model
+    if cfg.sweep_steps:
+        res["sweep"] = stage_sweep(cfg, models, vq, data, dev)
     if cfg.sc_iters > 0:
         res["shortcut"] = stage_shortcut(cfg, model, vq, data, dev)
     if cfg.compare:

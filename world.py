@@ -16,9 +16,11 @@ For `position`, the first object's centroid lies on the named side of the second
 least 1/8 of the side (the verifier checks the same margin).
 
 Token-aligned scenes: render(..., grid=g) puts every object's size and top-left corner on a
-g-pixel grid. train.py uses grid = patch, so at 32x32 with 8x8 patches each object (8 px, the
-only allowed size) is exactly one VQ token and a scene is a 4x4 board of 16 tokens. grid=1
-places objects anywhere (about 900 distinct 4x4 patches).
+g-pixel grid. train.py uses grid = patch = 4, so at 32x32 an object (8 or 12 px) covers 2x2 or
+3x3 of the 8x8 = 64 VQ tokens, and a shape exists only when its tokens agree (64x64 in the GPU
+preset: 16-24 px objects, 4x4 to 6x6 of 256 tokens). grid=1 places objects anywhere (about 900
+distinct 4x4 patches). (grid = patch = 8 at 32x32 gives the older board world: one object, one
+token, 16 tokens.)
 """
 
 import argparse
@@ -291,7 +293,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="The toy world: sample prompts and draw a scene for each.")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--grid", type=int, default=8, help="objects on this pixel grid (1: anywhere)")
+    ap.add_argument("--grid", type=int, default=4, help="objects on this pixel grid (1: anywhere)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/world.png")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""gpu_check.sh is run on a borrowed GPU with no second chance: its flags and its files must work here first."""
+"""gpu_check.sh runs on a GPU machine, often with one try: its flags and its files must work here first."""
 import os
 import pathlib
 import shutil
@@ -21,7 +21,7 @@ def test_gpu_check_runs_every_step_and_keeps_its_files(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     for step in ("train", "bench", "compare"):
         assert f"[gpu_check] {step}: exit 0" in res.stdout, res.stdout
-    assert sorted(os.listdir(tmp_path / "out")) == ["gpu.log", "report.md", "results.tar.gz"]  # the tool returns <= 8
+    assert sorted(os.listdir(tmp_path / "out")) == ["gpu.log", "report.md", "results.tar.gz"]  # three files: few to copy back
     log = (tmp_path / "out" / "gpu.log").read_text()
     assert "images/s" in log and "Traceback" not in log
     with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:

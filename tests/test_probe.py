@@ -19,8 +19,8 @@ def test_data_cells_hand_cases():
     assert cells(first) == {0, 1, 4, 5, 8, 9, 12, 13} and cells(second) == {2, 3, 6, 7, 10, 11, 14, 15}
     first, second = probe.data_cells("below", SIDE)  # first in rows 2-3, second in rows 0-1
     assert cells(first) == set(range(8, 16)) and cells(second) == set(range(8))
-    first, second = probe.data_cells("left of", 6)  # a 6x6 board: columns 0-3 and 2-5 overlap
-    assert cells(first) == {n for n in range(36) if n % 6 <= 3} and cells(second) == {n for n in range(36) if n % 6 >= 2}
+    first, second = probe.data_cells("left of", 8)  # an 8x8 grid: the left and the right half
+    assert cells(first) == {n for n in range(64) if n % 8 <= 3} and cells(second) == {n for n in range(64) if n % 8 >= 4}
 
 
 def test_order_right_hand_cases():
@@ -76,3 +76,15 @@ def test_probes_tell_a_knowing_model_from_a_bag_of_words(policy, monkeypatch):
     elif policy == "bag of words":
         assert share == pytest.approx(0.5) and rel["order"] == 0.0  # equal mean positions: never on the side
         assert rel["placement"] == pytest.approx(0.5)  # one distribution for both objects: complementary halves
+
+
+def test_part_labels_name_the_parts_of_each_object():
+    """On the parallel world's codebook every object has parts of its own (a square's: the plain fill); the background none."""
+    from model import VQCodebook
+    g = torch.Generator().manual_seed(0)
+    vq = VQCodebook.fit(world.render(world.sample_prompts(300, g), 32, g, grid=4), 64, 4, g)
+    labels = probe.part_labels(vq, 32, 4)
+    assert len(labels) == 64 and set(OBJECTS) == {lab for lab in labels if lab is not None}
+    background = int(vq.encode(torch.zeros(1, 3, 32, 32))[0, 0])
+    red_fill = int(vq.encode(world.PALETTE[0][None, :, None, None].expand(1, 3, 32, 32).contiguous())[0, 0])
+    assert labels[background] is None and labels[red_fill] == ("red", "square")

@@ -87,7 +87,7 @@ def test_failure_modes_by_hand():
                "a red circle", "a red circle and a blue square", "a red circle left of a blue square",
                "a red circle right of a blue square", "three red circles"]
     assert R.failure_modes(imgs, prompts) == [
-        "ok", "too few objects", "too many objects", "a malformed shape", "colours and shapes swapped",
+        "ok", "too few objects", "too many objects", "mismatched parts", "colours and shapes swapped",
         "wrong colour or shape", "wrong position", "too few objects"]
     assert R.failure_modes(imgs[:0], []) == []
 

@@ -53,7 +53,7 @@ def test_loss_only_on_masked_tokens():
 
 def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     out = str(tmp_path / "run")
-    res = train.main(["--preset", "tiny", "--out", out])
+    res = train.main(["--preset", "tiny", "--out", out, "--sweep-steps", "2,4"])
     for f in ["data.pt", "codebook.pt", "pretrain.pt", "eval_pretrain.pt", "report.md", "metrics.jsonl",
               "samples_pretrain.png", "trajectory.gif", "rl.pt", "eval_rl.pt", "samples_rl.png", "rl_reward.png",
               "shortcut.pt"]:
@@ -71,11 +71,18 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
             assert abs(sum(shares.values()) - 1) < 1e-6 and abs(shares["ok"] - ev["accuracy"][c]) < 1e-6
     text = open(os.path.join(out, "report.md")).read()
     assert "## Shortcut" in text and "| colours and shapes swapped |" in text
+    # the parallelism table: both models at each step count; at the default T it is the evaluation itself
+    sweep = res["sweep"]["rows"]
+    assert [(r["model"], r["steps"]) for r in sweep] == [(m, t) for m in ("pretrained", "after RL") for t in (2, 4)]
+    for r, ev in ((sweep[1], res["eval_pretrain"]), (sweep[3], res["eval_rl"])):
+        assert r["accuracy"] == ev["accuracy"] and abs(r["quality"] - ev["quality"]) < 1e-9
+        assert abs(sum(r["failures"].values()) - 1) < 1e-6 and r["tokens_per_step"] == 16
+    assert "## Parallel decoding: quality against the step count" in text and "| after RL | 2 | 32.0 |" in text
     sc_ops, base_ops = res["shortcut"]["ops"]  # one step of each, and each sampler's ops in the table
     assert f"and {sc_ops} aten ops to its {base_ops}" in text and "| speed-up | ops | accuracy |" in text
     mtime = os.path.getmtime(os.path.join(out, "pretrain.pt"))
     capsys.readouterr()
-    train.main(["--preset", "tiny", "--out", out])  # resume: every stage skipped
+    train.main(["--preset", "tiny", "--out", out, "--sweep-steps", "2,4"])  # resume: every stage skipped
     assert "[pretrain] checkpoint matches the config: skipped" in capsys.readouterr().out
     assert os.path.getmtime(os.path.join(out, "pretrain.pt")) == mtime
     with pytest.raises(SystemExit, match="lr: checkpoint 0.003 vs now 0.002"):
@@ -139,11 +146,11 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert re.search(r"vanilla, 4 steps: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
-    # tiny runs T=4 steps, so the default budget is max(2, 4 // 4) = 2 base calls
+    # tiny runs T=4 steps, so the default budget is max(2, 4 // 2) = 2 base calls
     assert re.search(r"shortcut, 2 base calls: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
     assert Image.open(os.path.join(out, "shortcut.png")).size == (3 * 128, 2 * (128 + 44))  # 3 columns, 2 rows
     # the demos refuse bad input with a usage line, not a traceback (and --steps 0 is not "the default")
-    for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 16 image tokens"),
+    for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 64 image tokens"),
                              ("sample.py", ["--prompt", "a purple circle"], "unknown colour 'purple'"),
                              ("sample.py", ["--temperature", "0"], "--temperature must be above 0, got 0.0"),
                              ("sample.py", ["--cfg", "-1"], "--cfg must be at least 0, got -1.0"),
@@ -189,7 +196,9 @@ def test_bad_flags_are_refused(capsys):
         config.parse_config(["--preset", "huge"])
     with pytest.raises(SystemExit):
         config.parse_config(["--rl-estimator", "magic"])
-    for bad, msg in [(["--sample-steps", "20"], "between 1 and the 16 image tokens"),
+    for bad, msg in [(["--sample-steps", "65"], "between 1 and the 64 image tokens"),
+                     (["--sweep-steps", "4,x"], "--sweep-steps must be comma-separated step counts"),
+                     (["--sweep-steps", "4,65"], "--sweep-steps must each be between 1 and the 64 image tokens"),
                      (["--sample-steps", "12", "--rl-k", "13"], "--rl-k must be between 1 and --sample-steps 12"),
                      (["--group-size", "1"], "at least 2"),
                      (["--rl-mask-floor", "1"], "--rl-mask-floor must be in [0, 1)"),
@@ -200,6 +209,7 @@ def test_bad_flags_are_refused(capsys):
     for bad, msg in [(["--d-model", "36", "--n-heads", "8"], "--d-model 36 must be a multiple of --n-heads 8"),
                      (["--d-model", "36", "--n-heads", "4"], "must be a multiple of its 4 heads; set --sc-width"),
                      (["--grid", "7"], "no object size between 8 and 12 pixels is a multiple of grid=7"),
+                     (["--d-model", "24", "--n-heads", "4"], "head size d_model / n_heads must be a multiple of 4"),
                      (["--eval-prompts", "0"], "--eval-prompts must be a positive multiple of 4")]:
         with pytest.raises(SystemExit):
             config.parse_config(["--preset", "cpu", *bad])
