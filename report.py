@@ -109,6 +109,36 @@ def log_metrics(cfg, **row):
         f.write(json.dumps(_strict(row), allow_nan=False) + "\n")
 
 
+def save_gif(frames, path, scale=4, ms=250):
+    """frames: list of (3, H, W) images in [0, 1] -> animated GIF (nearest-neighbour upscaled)."""
+    from PIL import Image
+    ims = []
+    for f in frames:
+        a = (f.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        im = Image.fromarray(a)
+        ims.append(im.resize((im.width * scale, im.height * scale), Image.NEAREST))
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=ms, loop=0)
+
+
+def trajectory_frames(vq, traj, i=0, marked=(), masked_grey=0.3):
+    """Frames of sample i: all-masked, then the committed tokens after each step t (still-masked spots
+    grey, so a committed black background patch shows; the last frame is the final image). The frame
+    after each step in `marked` (e.g. focus.py's critical steps) gets a red border."""
+    g, p = math.isqrt(traj.final.shape[1]), vq.patch
+    after = [*traj.states[:, i], traj.final[i]]  # (N,) each: all masked, then the state after step t
+    frames = []
+    for j, state in enumerate(after):
+        known = state != vq.mask_id  # (N,)
+        img = vq.decode(torch.where(known, state, 0)[None])[0]  # (3, H, W)
+        keep = known.view(g, g).repeat_interleave(p, 0).repeat_interleave(p, 1)  # (H, W)
+        img = torch.where(keep, img, torch.full_like(img, masked_grey))
+        if j - 1 in marked:  # the frame right after a marked step: a 1-pixel red border
+            red = torch.tensor([0.9, 0.15, 0.15], device=img.device)[:, None, None]
+            img[:, [0, -1], :], img[:, :, [0, -1]] = red, red
+        frames.append(img)
+    return frames
+
+
 def acc_row(name, ev):
     acc = ev["accuracy"]
     return (f"| {name} | {acc['overall']:.1%} | " + " | ".join(f"{acc[c]:.1%}" for c in world.CATEGORIES)

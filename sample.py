@@ -24,13 +24,10 @@ All randomness comes from the explicit torch.Generator: same seed, same device, 
 
 import argparse
 import math
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from tqdm import tqdm
 
 from model import autocast, check_prompt_ids, null_prompts
 
@@ -193,81 +190,6 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
     return state, traj
 
 
-def cost(fn):
-    """(FLOPs, ops) of one call of fn(): torch's FLOP counter (matmuls and attention), and the aten ops that do
-    work (views excluded), about one GPU kernel launch each. A small model on a GPU waits on Python to launch
-    its kernels, so there a step costs per op, not per FLOP (README: the shortcut saves FLOPs, not ops).
-    sample.py --bench prints a sampling call's ops; shortcut.speed_table counts them per row."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
-
-    class Ops(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += not func.is_view
-            return func(*args, **(kwargs or {}))
-
-    with FlopCounterMode(display=False) as fc, Ops() as ops:
-        fn()
-    return fc.get_total_flops(), ops.n
-
-
-def time_interleaved(fns, device, rounds=5):
-    """Median seconds per call of each fn() in fns: one warm-up call each, then `rounds` rounds that call
-    every fn once in turn (so a slow spell of the machine hits every row alike; the median drops spikes).
-    CUDA events on a GPU, the wall clock elsewhere. shortcut.speed_table times its rows with it, and
-    sample.py --bench one sampling call."""
-    for fn in fns:
-        fn()
-    times = [[] for _ in fns]
-    for _ in tqdm(range(rounds), desc="timing", leave=False):
-        for fn, ts in zip(fns, times):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                ts.append(start.elapsed_time(end) / 1000)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
-
-
-def save_gif(frames, path, scale=4, ms=250):
-    """frames: list of (3, H, W) images in [0, 1] -> animated GIF (nearest-neighbour upscaled)."""
-    from PIL import Image
-    ims = []
-    for f in frames:
-        a = (f.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        im = Image.fromarray(a)
-        ims.append(im.resize((im.width * scale, im.height * scale), Image.NEAREST))
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=ms, loop=0)
-
-
-def trajectory_frames(vq, traj, i=0, marked=(), masked_grey=0.3):
-    """Frames of sample i: all-masked, then the committed tokens after each step t (still-masked spots
-    grey, so a committed black background patch shows; the last frame is the final image). The frame
-    after each step in `marked` (e.g. focus.py's critical steps) gets a red border."""
-    g, p = math.isqrt(traj.final.shape[1]), vq.patch
-    after = [*traj.states[:, i], traj.final[i]]  # (N,) each: all masked, then the state after step t
-    frames = []
-    for j, state in enumerate(after):
-        known = state != vq.mask_id  # (N,)
-        img = vq.decode(torch.where(known, state, 0)[None])[0]  # (3, H, W)
-        keep = known.view(g, g).repeat_interleave(p, 0).repeat_interleave(p, 1)  # (H, W)
-        img = torch.where(keep, img, torch.full_like(img, masked_grey))
-        if j - 1 in marked:  # the frame right after a marked step: a 1-pixel red border
-            red = torch.tensor([0.9, 0.15, 0.15], device=img.device)[:, None, None]
-            img[:, [0, -1], :], img[:, :, [0, -1]] = red, red
-        frames.append(img)
-    return frames
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Sample from a checkpoint made by train.py: a PNG, a GIF, or a benchmark.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out",
@@ -307,14 +229,12 @@ if __name__ == "__main__":
     g = torch.Generator(dev).manual_seed(args.seed)
     kw = dict(temperature=cfg.temperature if args.temperature is None else args.temperature,
               choice_temperature=cfg.choice_temperature, mode=args.mode, generator=g)
-    if args.bench:
-        prompts = world.sample_prompts(args.batch, torch.Generator().manual_seed(0))
-        ids = encode_prompts(prompts).to(dev)
-        sec = time_interleaved([lambda: sample(model, ids, args.steps, cfg_scale, **kw)], dev, rounds=3)[0]
-        _, ops = cost(lambda: sample(model, ids[:1], args.steps, cfg_scale, **dict(kw, generator=None)))  # any batch
-        print(f"{dev.type}: batch {args.batch}, T={args.steps}, cfg {cfg_scale}: {args.batch / sec:,.1f} images/s "
-              f"({1000 * sec / args.batch:.2f} ms/image, median of 3 after a warm-up; "
-              f"{ops} aten ops per sampling call)")
+    if args.bench:  # bench.py does the measuring
+        import bench
+        ids = encode_prompts(world.sample_prompts(args.batch, torch.Generator().manual_seed(0))).to(dev)
+        per_s, ms, ops = bench.sampler_speed(model, ids, args.steps, cfg_scale, dev, **kw)
+        print(f"{dev.type}: batch {args.batch}, T={args.steps}, cfg {cfg_scale}: {per_s:,.1f} images/s "
+              f"({ms:.2f} ms/image, median of 3 after a warm-up; {ops} aten ops per sampling call)")
     else:
         ids = encode_prompts([args.prompt] * args.n).to(dev)
         tokens, traj = sample(model, ids, args.steps, cfg_scale, record=True, **kw)
@@ -322,5 +242,5 @@ if __name__ == "__main__":
         r = rewards.reward(images, [args.prompt] * args.n)
         png, gif = os.path.join(args.ckpt, "sample.png"), os.path.join(args.ckpt, "sample.gif")
         report.save_grid(images, report.verdict_captions([args.prompt] * args.n, r), png)
-        save_gif(trajectory_frames(vq, traj), gif)
+        report.save_gif(report.trajectory_frames(vq, traj), gif)
         print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote {png} and {gif}")

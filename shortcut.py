@@ -17,9 +17,7 @@ sampling step to the next, so most steps can skip the base model.
   sample_with_shortcut  base calls on those steps, shortcut (or the feature cache) in between;
                         the base head turns features into logits; sample.sample_step does the rest,
                         so sampling rule and generator use are exactly sample.sample's
-  step_distance_mse     held-out feature error of chained shortcut steps vs the cache, per distance
-  speed_table           latency per image (rows timed in interleaved rounds, median), speed-up, ops
-                        (sample.cost), accuracy and quality for vanilla / cache / shortcut
+  (bench.py measures it: step_distance_mse, step_cost and the speed table of vanilla / cache / shortcut)
 
 The net is the paper's code's, trained at its lr 1e-4, with three differences: the output projection
 starts at zero (delta = 0: the shortcut begins as the feature cache); the new tokens are keys through an
@@ -50,8 +48,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import autocast, null_prompts
-from sample import (branch_features, check_sampling, commit_counts, cost, guided_logits, sample_step,
-                    time_interleaved)
+from sample import branch_features, check_sampling, commit_counts, guided_logits, sample_step
 
 # ----------------------------------------------------------------------------------
 # The model
@@ -270,71 +267,6 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
     return log
 
 
-@torch.no_grad()
-def step_distance_mse(shortcut, model, data, rows, max_d=4):
-    """Held-out MSE (on positions masked at the target step) of features d steps ahead, from true base
-    features at step t: chained shortcut steps (fed the true committed tokens) vs the cache. -> {d: (sc, cache)}.
-    Pooled over every start step t: each masked entry counts once (train_shortcut's log averages per step)."""
-    T = data["feats"].shape[0]
-    out = {}
-    for d in range(1, max_d + 1):
-        sc = cache = n = 0.0
-        for t in range(T - d):
-            *_, (s, pred) = chain(shortcut, model, data, t, d, rows)
-            sq, count = masked_sq(pred, data, s, rows, model.mask_id)
-            sc, n = sc + sq.item(), n + count.item()
-            cache += masked_sq(data["feats"][t, rows].float(), data, s, rows, model.mask_id)[0].item()
-        out[d] = (sc / max(n, 1), cache / max(n, 1))
-    return out
-
-
-# ----------------------------------------------------------------------------------
-# Speed and quality table
-
-
-@torch.no_grad()
-def step_cost(model, net, branches):
-    """[(FLOPs, ops) of a base-model step, of a shortcut step] for one image, the base model on both CFG branches
-    and the shortcut on the `branches` it moves; run as the sampling loop runs a step (autocast, warmed up)."""
-    dev, N = next(model.parameters()).device, model.cfg.n_tokens
-    x, p = torch.full((2, N), model.mask_id, device=dev), null_prompts(2, dev)  # an empty board, both branches
-    f = torch.zeros(branches, N, model.cfg.d_model, device=dev)  # features in, as the shortcut sees them
-    none, ratio = torch.zeros(branches, N, dtype=torch.bool, device=dev), torch.ones(branches, device=dev)
-    with autocast(dev):  # the inputs are made above, so each count is the network's own ops
-        fns = [lambda: model(x, p), lambda: net(f, f, none, ratio)]
-        for fn in fns:
-            fn()  # warm-up: on CUDA it fills autocast's cache of bf16 weights, as a loop's first step does
-        return [cost(fn) for fn in fns]
-
-
-def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):
-    """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut, budget a number of base calls or
-    a list of the steps that make them (the row then has budget = its length and calls). score(tokens) -> a dict of
-    metrics (train.py: accuracy, per category, quality) that joins the row. Latency per image at batch
-    bench_batch (time_interleaved; prompt_ids repeated when there are fewer), and each row's aten ops (cost);
-    the metrics on all of prompt_ids. -> rows."""
-    dev = prompt_ids.device
-    runs = [lambda ids, g, kind=kind, steps=steps, budget=budget: sample_with_shortcut(
-        model, shortcut, ids, steps, budget, generator=g, cache=kind == "cache", **sample_kwargs)
-        for kind, steps, budget in configs]
-    bench_ids = prompt_ids.repeat(-(-bench_batch // len(prompt_ids)), 1)[:bench_batch]  # (bench_batch, L)
-    secs = time_interleaved([lambda run=run: run(bench_ids, torch.Generator(dev).manual_seed(seed)) for run in runs],
-                            dev, rounds=3)
-    rows = []
-    for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
-        g = torch.Generator(dev).manual_seed(seed)
-        tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
-        calls = call_steps(steps, budget)
-        listed = dict(calls=calls) if calls != budget_steps(steps, len(calls)) else {}  # only where not even
-        ops = cost(lambda: run(prompt_ids[:1], torch.Generator(dev).manual_seed(seed)))[1]  # any batch: the same
-        rows.append(dict(kind=kind, steps=steps, budget=len(calls), **listed, ops=ops,
-                         ms_per_image=1000 * sec / len(bench_ids), **score(tokens)))
-    ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
-    for r in rows:
-        r["speedup"] = ref / r["ms_per_image"]
-    return rows
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="The shortcut of a finished `python train.py` run: its speed table, or "
                                              "with --prompt, vanilla and shortcut samples of one prompt side by side.")
@@ -373,7 +305,8 @@ if __name__ == "__main__":
         runs = {f"vanilla, {T} steps": T, f"shortcut, {args.budget} base calls": args.budget}
         fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
             args.seed), **kw) for b in runs.values()]
-        secs = time_interleaved(fns, dev, rounds=3)  # the speed table's timing, with 3 rounds
+        from bench import time_interleaved
+        secs = time_interleaved(fns, dev, rounds=3)  # the speed table's timing
         images, captions, show = [], [], min(args.n, 8)  # a large --n is a benchmark: the picture shows 8
         for name, fn, sec in zip(runs, fns, secs):
             img = vq.decode(fn())  # the same seed: the timed samples again

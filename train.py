@@ -24,6 +24,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import bench
 import focus
 import report
 import rewards
@@ -32,7 +33,7 @@ import world
 from config import (drop_progress, load_checkpoint, load_progress, load_stage, make_out, model_config,
                     parse_config, pick_device, restore, save_progress, save_stage, snapshot, state_dict, sweep_list)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
-from sample import sample, save_gif, trajectory_frames
+from sample import sample
 
 
 # ----------------------------------------------------------------------------------
@@ -357,11 +358,11 @@ def stage_shortcut(cfg, model, vq, data, dev):
     net.eval()
     _, val_rows = shortcut.split_rows(traj)  # the validation trajectories
     with autocast(dev):
-        distance = shortcut.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
+        distance = bench.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
     train_seconds = time.time() - t0
     del traj
     # one sampling step of each for one image (with --sc-uncond cache the shortcut moves the conditional branch only)
-    (base_flops, base_ops), (sc_flops, sc_ops) = shortcut.step_cost(model, net, 1 if cfg.sc_uncond == "cache" else 2)
+    (base_flops, base_ops), (sc_flops, sc_ops) = bench.step_cost(model, net, 1 if cfg.sc_uncond == "cache" else 2)
     prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality
@@ -372,7 +373,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
     budgets = sorted({max(2, T // 3), max(2, T // 2)})  # T=12: 4 and 6 base calls (8 rows in all)
     configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]
                + [("shortcut", T, b) for b in budgets])
-    table = shortcut.speed_table(model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
+    table = bench.speed_table(model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
                                  dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, uncond=cfg.sc_uncond,
                                       choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
     for r in table:
@@ -386,7 +387,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
 def write_trajectory_gif(cfg, model, vq, dev):
     """One unmasking trajectory as a GIF; the frames after its k critical steps have a red border."""
     traj, marked = example_trajectory(cfg, model, vq, dev)
-    save_gif(trajectory_frames(vq, traj, marked=marked), os.path.join(cfg.out, "trajectory.gif"))
+    report.save_gif(report.trajectory_frames(vq, traj, marked=marked), os.path.join(cfg.out, "trajectory.gif"))
 
 
 def main(argv=None):

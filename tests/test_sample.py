@@ -6,7 +6,8 @@ import torch
 from model import MaskedTransformer, ModelConfig, encode_prompts
 from torch.overrides import TorchFunctionMode
 
-from sample import commit_counts, cost, mask_counts, mask_schedule, policy_logits, sample, time_interleaved
+from bench import cost, time_interleaved
+from sample import commit_counts, mask_counts, mask_schedule, policy_logits, sample
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_token_temperature_hook_is_used(model):
 
 def test_trajectory_frames_show_commits_and_mark_steps(model):
     from model import VQCodebook
-    from sample import trajectory_frames
+    from report import trajectory_frames
     vq = VQCodebook(16, 2)
     vq.codes.copy_(torch.linspace(0.1, 1.0, 16)[:, None].expand(16, 12))  # code c: a flat grey patch, never black
     _, tr = sample(model, prompts(1), 4, generator=torch.Generator().manual_seed(0), record=True)

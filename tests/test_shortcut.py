@@ -1,10 +1,12 @@
 import pytest
 import torch
 
+import bench
 import shortcut as sc
 from model import MaskedTransformer, ModelConfig, encode_prompts, null_prompts
 from report import speed_table_lines
-from sample import cost, sample
+from bench import cost
+from sample import sample
 
 PROMPTS = ["a red circle", "two blue squares", "a green triangle above a yellow circle"]
 
@@ -72,7 +74,7 @@ def test_a_few_training_steps_lower_the_feature_mse():
     assert abs(log[0]["val"] - log[0]["val_cache"]) < 0.5 * log[0]["val_cache"]  # starts near the cache
     assert log[-1]["val"] < 0.8 * log[-1]["val_cache"]
     rows = val
-    dist = sc.step_distance_mse(net, model, data, rows, max_d=2)
+    dist = bench.step_distance_mse(net, model, data, rows, max_d=2)
     assert set(dist) == {1, 2} and all(s > 0 and c > 0 for s, c in dist.values())
     # the base model was an input, not a learner: no gradients, and left as it came (not frozen)
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
@@ -137,7 +139,7 @@ def test_chained_loss_by_hand_and_unrolled_training():
     assert torch.allclose(steps[-1][1], data["feats"][1, rows].float() + 0.3, atol=1e-5)
     net = sc.Shortcut(32)
     sc.train_shortcut(net, model, data, iters=60, batch=32, lr=3e-3, val_frac=0.25, generator=g, unroll=3)
-    d3_sc, d3_cache = sc.step_distance_mse(net, model, data, rows, max_d=3)[3]  # rows 0-7: held out
+    d3_sc, d3_cache = bench.step_distance_mse(net, model, data, rows, max_d=3)[3]  # rows 0-7: held out
     assert d3_sc < 0.8 * d3_cache
 
 
@@ -176,11 +178,11 @@ def test_budget_as_a_list_of_steps():
 def test_speed_table_rows_and_listed_calls(monkeypatch):
     model, net = tiny_model(), sc.Shortcut(32)
     ids = encode_prompts(PROMPTS * 2)  # 6 prompts, timed at batch 4, scored in batches of 4 and 2
-    monkeypatch.setattr(sc, "time_interleaved", lambda fns, dev: [0.4, 0.1, 0.2, 0.2][: len(fns)])
+    monkeypatch.setattr(bench, "time_interleaved", lambda fns, dev, rounds=5: [0.4, 0.1, 0.2, 0.2][: len(fns)])
     seen = []
     score = lambda tokens: seen.append(tokens) or dict(accuracy=0.5, quality=float(tokens.shape[0]))
     configs = [("vanilla", 6, 6), ("vanilla", 2, 2), ("shortcut", 6, [0, 3]), ("cache", 6, [0, 1])]
-    rows = sc.speed_table(model, net, configs, ids, score, 6, 4, dict(cfg_scale=2.0), seed=3)
+    rows = bench.speed_table(model, net, configs, ids, score, 6, 4, dict(cfg_scale=2.0), seed=3)
     assert [(r["kind"], r["steps"], r["budget"]) for r in rows] == [("vanilla", 6, 6), ("vanilla", 2, 2),
                                                                    ("shortcut", 6, 2), ("cache", 6, 2)]
     assert "calls" not in rows[2] and rows[3]["calls"] == [0, 1]  # only calls that are not evenly spaced are listed
@@ -205,12 +207,12 @@ def test_speed_table_rows_and_listed_calls(monkeypatch):
 
 def test_step_cost_counts_each_networks_own_ops():
     model, net = tiny_model(), sc.Shortcut(32)
-    (base_flops, base_ops), (sc_flops, sc_ops) = sc.step_cost(model, net, 1)
+    (base_flops, base_ops), (sc_flops, sc_ops) = bench.step_cost(model, net, 1)
     x, p = torch.full((2, 16), model.mask_id), null_prompts(2)  # both CFG branches of an empty board
     assert base_ops == cost(lambda: model(x, p))[1]
     f, none, ratio = torch.zeros(1, 16, 32), torch.zeros(1, 16, dtype=torch.bool), torch.ones(1)
     assert sc_ops == cost(lambda: net(f, f, none, ratio))[1]  # making the inputs is not the net's cost
-    two = sc.step_cost(model, net, 2)[1]  # the shortcut on both branches: twice the FLOPs, the same ops
+    two = bench.step_cost(model, net, 2)[1]  # the shortcut on both branches: twice the FLOPs, the same ops
     assert two == (2 * sc_flops, sc_ops) and sc_flops < base_flops / 2
 
 
@@ -218,6 +220,6 @@ def test_speed_table_times_a_batch_larger_than_the_prompts(monkeypatch):
     model, net = tiny_model(), sc.Shortcut(32)
     ids = encode_prompts(PROMPTS)  # 3 prompts, timed at batch 8: repeated to fill it
     sizes = []
-    monkeypatch.setattr(sc, "time_interleaved", lambda fns, dev: [sizes.append(fn().shape) or 0.8 for fn in fns])
-    rows = sc.speed_table(model, net, [("vanilla", 4, 4)], ids, lambda t: dict(accuracy=1.0, quality=0.0), 4, 8, {})
+    monkeypatch.setattr(bench, "time_interleaved", lambda fns, dev, rounds=5: [sizes.append(fn().shape) or 0.8 for fn in fns])
+    rows = bench.speed_table(model, net, [("vanilla", 4, 4)], ids, lambda t: dict(accuracy=1.0, quality=0.0), 4, 8, {})
     assert sizes == [(8, 16)] and rows[0]["ms_per_image"] == 100.0
