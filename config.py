@@ -81,7 +81,7 @@ class Config:
     compare_seeds: int = 3
     compare_updates: int = 0  # 0: rl_updates
     compare_eval_prompts: int = 200  # held-out prompts (1 sample each) for the accuracy curves
-    compare_variants: str = ""  # comma-separated indices into train.VARIANTS (0-4); empty: all five
+    compare_variants: str = ""  # comma-separated indices into compare.VARIANTS (0-4); empty: all five
     # the parallelism table: the evaluation at each of these step counts, pretrained and RL model
     sweep_steps: str = ""  # comma-separated T, e.g. 4,6,8,12,16,32; empty: off
     # shortcut (shortcut.py), trained after RL on the final model's trajectories; sc_iters 0 skips it

@@ -15,12 +15,12 @@ Spend the RL gradient where it matters: critical steps, critical tokens, entropy
   token_weights       GCPO's dynamic weight: running mean over the generation order of
                       exp(clip(logp - ref, -0.5, 0.5)), over every scored token (before the
                       critical-token loss mask, as GCPO)
-  rl_step             grpo.rl_step with steps in {all, random, focus}, tokens in {all, critical},
-                      routing in {off, entropy}
+  focus_steps, gcpo_hooks   what grpo.rl_step takes to score MaskFocus's steps and GCPO's tokens
+                      (routing is sample's token_temperature=entropy_temperature)
 
 Choices and simplifications, plainly:
   - Critical steps are chosen per batch by default (s_t averaged over the batch before the gain), as
-    in the MaskFocus code: a batch-level choice is less noisy than one sample's. rl_step(per_sample=
+    in the MaskFocus code: a batch-level choice is less noisy than one sample's. focus_steps(per_sample=
     True) gives every sample its own k steps instead (the same number of model calls: call s scores
     each sample at its own s-th step); the README compares the two.
   - Gain index: gain_t = |s_{t+1} - s_t| belongs to step t, the step whose commits caused the
@@ -42,7 +42,7 @@ Choices and simplifications, plainly:
     about 9, so tau spans 0.82-3.2 and uncertain tokens are cooled). With K codes H <= ln K, so
     tau >= 2.5 K^(-1/3) + 0.7: 1.33 at K = 64. Here every routed token is heated, none cooled.
   - Routing changes the rollout policy only; use it with the remask estimator (the replay estimator
-    would have to re-apply the per-token temperatures; rl_step refuses that combination).
+    would have to re-apply the per-token temperatures; train.py refuses that combination).
   - MaskFocus conditions on the step's timestep; our model has no timestep input (the mask count
     carries it), so a chosen step is scored at its mask count only.
 """
@@ -212,30 +212,21 @@ def token_weights(logp, ref_logp, mask=None, order=None):
 
 
 # ----------------------------------------------------------------------------------
-# The RL step with the three switches
+# What grpo.rl_step takes: the steps to score, and GCPO's token hooks
 
 
-def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="focus", k=4,
-            tokens="all", routing="off", embeddings=None, frac=0.3, estimator="remask", per_sample=False, **kwargs):
-    """grpo.rl_step with steps in {all, random, focus}, tokens in {all, critical}, routing in {off, entropy}.
-    embeddings (K, E): the codebook vectors (needed for focus steps and critical tokens).
-    per_sample: focus steps chosen from each sample's own gain instead of the batch mean."""
-    if routing not in ("off", "entropy") or tokens not in ("all", "critical"):
-        raise ValueError(f"routing must be off|entropy and tokens all|critical, got {routing!r}, {tokens!r}")
-    if routing == "entropy" and estimator == "replay":
-        raise ValueError("entropy routing changes the rollout policy; use it with the remask estimator")
-    if steps == "focus":
-        if embeddings is None:
-            raise ValueError("steps='focus' needs the codebook embeddings")
-        steps = lambda traj: critical_steps(information_gain(traj, embeddings, per_sample), k)
-    pick = weigh = None
-    if tokens == "critical":  # GCPO: the loss sees 30% of the positions, weighted by policy/reference divergence
-        pick = lambda traj: critical_tokens(traj, group_size, frac, embeddings)
-        weigh = lambda old, ref, mask, traj: token_weights(old, ref, mask, commit_step(traj))
-    if routing == "entropy":
-        sample_kwargs = dict(sample_kwargs, token_temperature=entropy_temperature)
-    return grpo.rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps=steps, k=k,
-                        estimator=estimator, pick_tokens=pick, weigh_tokens=weigh, **kwargs)
+def focus_steps(embeddings, k, per_sample=False):
+    """grpo.rl_step's `steps` for MaskFocus: traj -> its k critical steps (the batch's, or each sample's own).
+    embeddings (K, E): the codebook vectors."""
+    return lambda traj: critical_steps(information_gain(traj, embeddings, per_sample), k)
+
+
+def gcpo_hooks(group_size, embeddings, frac=0.3):
+    """grpo.rl_step's (pick_tokens, weigh_tokens) for GCPO: the loss sees the critical 30% of the positions,
+    each weighed by the policy/reference divergence over every scored token in generation order."""
+    pick = lambda traj: critical_tokens(traj, group_size, frac, embeddings)
+    weigh = lambda old, ref, mask, traj: token_weights(old, ref, mask, commit_step(traj))
+    return pick, weigh
 
 
 if __name__ == "__main__":

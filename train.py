@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 import bench
 import focus
+import grpo
 import report
 import rewards
 import shortcut
 import world
-from config import (drop_progress, load_checkpoint, load_progress, load_stage, make_out, model_config,
+from config import (drop_progress, load_progress, load_stage, make_out, model_config,
                     parse_config, pick_device, restore, save_progress, save_stage, snapshot, state_dict, sweep_list)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample
@@ -182,18 +183,25 @@ def stage_sweep(cfg, models, vq, data, dev):
 
 
 def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
-    """One focus.rl_step on fresh grammar prompts; the reward is the verifier on decoded images.
-    (The codebook stays on the CPU: VQCodebook.encode/decode bring its codes to the tokens' device.)"""
+    """One grpo.rl_step on fresh grammar prompts, with focus.py's three switches: which steps are scored
+    (all | random | focus), which tokens (all | GCPO's critical), and MaskFocus's entropy routing (off |
+    entropy). The reward is the verifier on decoded images (the codebook stays on the CPU:
+    VQCodebook.encode/decode bring its codes to the tokens' device)."""
     prompts = world.sample_prompts(cfg.rl_prompts, g_prompts)
     flat_prompts = [p for p in prompts for _ in range(cfg.group_size)]
     score = lambda tok: rewards.reward(vq.decode(tok).cpu(), flat_prompts)
     dev = next(model.parameters()).device
-    s = focus.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size,
-                      dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                           choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
-                      steps=steps, k=cfg.rl_k, tokens=tokens, routing=routing, embeddings=vq.codes,
-                      estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor, clip_eps=cfg.clip_eps,
-                      per_sample=cfg.rl_per_sample, beta=cfg.beta, pool=cfg.rl_pool, generator=g)
+    kw = dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+              choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode)
+    if routing == "entropy":  # MaskFocus: confident samples explore at a higher per-token temperature
+        kw["token_temperature"] = focus.entropy_temperature
+    if steps == "focus":  # MaskFocus: the k steps of largest information gain
+        steps = focus.focus_steps(vq.codes, cfg.rl_k, cfg.rl_per_sample)
+    pick, weigh = focus.gcpo_hooks(cfg.group_size, vq.codes) if tokens == "critical" else (None, None)
+    s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size, kw, steps=steps,
+                     k=cfg.rl_k, estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor,
+                     clip_eps=cfg.clip_eps, beta=cfg.beta, pool=cfg.rl_pool, generator=g, pick_tokens=pick,
+                     weigh_tokens=weigh)
     if s["skipped"]:  # the weights were left alone; say so (the RL stage and the comparison alike)
         tqdm.write(f"[rl] {s['skipped']} of {cfg.rl_mu} inner updates skipped: the loss was not finite")
     return s
@@ -254,78 +262,10 @@ def stage_rl(cfg, model, vq, data, dev):
     return model, ck
 
 
-VARIANTS = [  # name, steps, tokens, routing (focus.rl_step's three switches)
-    ("all steps", "all", "all", "off"),
-    ("random k", "random", "all", "off"),
-    ("focus k", "focus", "all", "off"),
-    ("focus k + critical tokens", "focus", "critical", "off"),
-    ("focus k + critical tokens + routing", "focus", "critical", "entropy"),
-]
-
-
-def pick_variants(spec):
-    """'' -> all VARIANTS; '1,2' -> those (indices), refusing anything else with a clear message."""
-    if not spec:
-        return VARIANTS
-    try:
-        return [VARIANTS[int(i)] for i in spec.split(",")]
-    except (ValueError, IndexError):
-        raise SystemExit(f"--compare-variants takes comma-separated indices 0-{len(VARIANTS) - 1}, got {spec!r}")
-
-
 def held_out_prompts(cfg, data):
     """compare_eval_prompts prompts spread evenly over the evaluation set (balanced categories): RL's curves."""
     n, idx = cfg.compare_eval_prompts, list(range(0, len(data["eval_prompts"]), cfg.eval_samples))
     return [data["eval_prompts"][i] for i in idx[:: max(1, len(idx) // n)][:n]]
-
-
-def stage_compare(cfg, vq, data, dev):
-    """focus.py's comparison: every variant from the same pretrained weights, same seeds, same updates.
-    Each finished (variant, seed) run is saved to compare.partial.pt at once, so a rerun after a crash or
-    a time limit goes on from there (every run starts from the same weights and seeds: nothing changes)."""
-    if (ck := load_stage(cfg, "compare")) is not None:
-        return ck
-    runs = snap["runs"] if (snap := load_progress(cfg, "compare")) is not None else []
-    pre_state = load_checkpoint(os.path.join(cfg.out, "pretrain.pt"))["state"]
-    n_up = cfg.compare_updates or cfg.rl_updates
-    marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
-    prompts = held_out_prompts(cfg, data)
-    model = MaskedTransformer(model_config(cfg)).to(dev)
-    acc = lambda m: held_out_accuracy(cfg, m, vq, prompts, dev)
-    model.load_state_dict(pre_state)
-    acc0 = acc(model)
-    variants = pick_variants(cfg.compare_variants)
-    if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
-        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. --compare-variants 0,1,2,3")
-    for seed in range(cfg.compare_seeds):  # seed-major: a run stopped early still compares every variant
-        for name, steps, tokens, routing in variants:
-            if any(r["variant"] == name and r["seed"] == seed for r in runs):
-                continue
-            model.load_state_dict(pre_state)
-            ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 1000 * (seed + 1))
-            curve, seconds, fwd, score_fwd, skipped = [(0, acc0)], 0.0, 0, 0, 0
-            for u in tqdm(range(n_up), desc=f"{name} (seed {seed})", leave=False):
-                t0 = time.time()
-                s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing)
-                seconds += time.time() - t0
-                fwd, score_fwd = fwd + s["rollout_fwd"] + s["score_fwd"], score_fwd + s["score_fwd"]
-                skipped += s["skipped"]  # kept in the run's record (metrics.jsonl)
-                if u + 1 in marks:
-                    curve.append((u + 1, acc(model)))
-            runs.append(dict(variant=name, seed=seed, curve=curve, seconds=seconds, fwd=fwd / n_up,
-                             score_fwd=score_fwd / n_up, skipped=skipped))
-            save_progress(cfg, "compare", len(runs), "runs", runs=runs)
-            report.log_metrics(cfg, stage="compare", **runs[-1])
-            print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
-    series = {}
-    for name, *_ in variants:
-        rs = [r["curve"] for r in runs if r["variant"] == name]
-        series[name] = [(u, sum(c[i][1] for c in rs) / len(rs)) for i, (u, _) in enumerate(rs[0])]
-    report.draw_curves(series, os.path.join(cfg.out, "compare.png"), "held-out accuracy vs RL updates (seed mean)")
-    write_critical_steps(cfg, model, vq, dev)
-    ck = save_stage(cfg, "compare", dict(runs=runs, updates=n_up, seeds=cfg.compare_seeds, n_eval=len(prompts)))
-    drop_progress(cfg, "compare")
-    return ck
 
 
 def example_trajectory(cfg, model, vq, dev, prompt="a red circle left of a blue square"):
@@ -334,13 +274,6 @@ def example_trajectory(cfg, model, vq, dev, prompt="a red circle left of a blue 
     _, traj = sample(model, encode_prompts([prompt]).to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
                      cfg.choice_temperature, generator=g, record=True)
     return traj, focus.critical_steps(focus.information_gain(traj, vq.codes), cfg.rl_k)
-
-
-def write_critical_steps(cfg, model, vq, dev):
-    """One trajectory: each step's x0, its similarity to the final image, the critical steps (by this sample)."""
-    traj, marked = example_trajectory(cfg, model, vq, dev)
-    sims = focus.step_similarity(traj, vq.codes)[0]  # (T,)
-    report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), sims, marked, os.path.join(cfg.out, "critical_steps.png"))
 
 
 def stage_shortcut(cfg, model, vq, data, dev):
@@ -391,9 +324,11 @@ def write_trajectory_gif(cfg, model, vq, dev):
 
 
 def main(argv=None):
+    import compare  # focus.py's comparison harness (it imports this file's stages)
+
     cfg = parse_config(argv, __doc__)
     if cfg.compare:
-        pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
+        compare.pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
     dev = pick_device(cfg.device)
     make_out(cfg.out)
     t0 = time.time()
@@ -413,7 +348,7 @@ def main(argv=None):
     if cfg.sc_iters > 0:
         res["shortcut"] = stage_shortcut(cfg, model, vq, data, dev)
     if cfg.compare:
-        res["compare"] = stage_compare(cfg, vq, data, dev)
+        res["compare"] = compare.stage_compare(cfg, vq, data, dev)
     report.write_report(cfg, dev, vq_mse, res)
     print(f"done in {time.time() - t0:.0f}s; see {cfg.out}/report.md")
     return res

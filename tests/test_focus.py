@@ -173,7 +173,9 @@ def test_rl_step_weighs_over_every_scored_token_before_the_loss_mask():
     assert s["scored_tokens"] <= 4 * 2  # the loss: picked positions only (at most 2 per step)
 
 
-def test_focus_rl_step_runs_every_variant():
+def test_rl_step_runs_every_focus_variant():
+    """grpo.rl_step with focus.py's hooks: every switch train.rl_update turns."""
+    import grpo
     torch.manual_seed(0)
     model = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
     ref = MaskedTransformer(model.cfg).requires_grad_(False)
@@ -185,9 +187,13 @@ def test_focus_rl_step_runs_every_variant():
     for steps, tokens, routing, per in [("all", "all", "off", 0), ("random", "all", "off", 0), ("focus", "all", "off", 0),
                                         ("focus", "all", "off", 1), ("focus", "critical", "off", 1),
                                         ("focus", "critical", "entropy", 0)]:
-        s = focus.rl_step(model, ref, opt, ids, score, 4, dict(steps=6, mode="stochastic"), steps=steps, k=2,
-                          tokens=tokens, routing=routing, embeddings=emb, per_sample=bool(per),
-                          generator=torch.Generator().manual_seed(2))
+        kw = dict(steps=6, mode="stochastic")
+        if routing == "entropy":
+            kw["token_temperature"] = focus.entropy_temperature
+        pick, weigh = focus.gcpo_hooks(4, emb) if tokens == "critical" else (None, None)
+        chosen = focus.focus_steps(emb, 2, bool(per)) if steps == "focus" else steps
+        s = grpo.rl_step(model, ref, opt, ids, score, 4, kw, steps=chosen, k=2, pick_tokens=pick, weigh_tokens=weigh,
+                         generator=torch.Generator().manual_seed(2))
         assert s["scored_steps"] == (6 if steps == "all" else 2)
         assert math.isfinite(s["kl"]) and s["skipped"] == 0
         if tokens == "critical":

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import compare
 import config
 import report
 import train
@@ -91,12 +92,12 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     # the focus comparison from the same checkpoints: every variant, one update, one seed
     res = train.main(["--preset", "tiny", "--out", out, "--compare", "--compare-seeds", "1", "--compare-updates", "1"])
     runs = res["compare"]["runs"]
-    assert [r["variant"] for r in runs] == [v[0] for v in train.VARIANTS]
+    assert [r["variant"] for r in runs] == [v[0] for v in compare.VARIANTS]
     assert all(len(r["curve"]) == 2 and r["curve"][0][0] == 0 for r in runs)  # before and after the update
     assert runs[0]["score_fwd"] > runs[1]["score_fwd"]  # all steps costs more than k of them
     for f in ["compare.png", "critical_steps.png"]:
         assert os.path.exists(os.path.join(out, f)), f
-    assert [v[0] for v in train.pick_variants("1,2")] == ["random k", "focus k"]
+    assert [v[0] for v in compare.pick_variants("1,2")] == ["random k", "focus k"]
     # focus.py's demo on the finished run: the steps it picks, the first commits, binding and relations
     demo = subprocess.run([sys.executable, "focus.py", "--ckpt", out, "--batches", "1", "--prompts", "2", "--group", "2",
                            "--k", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
@@ -111,7 +112,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
                   r"the two objects' mass", pr.stdout)
     assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
     with pytest.raises(SystemExit, match="indices 0-4"):
-        train.pick_variants("1,9")
+        compare.pick_variants("1,9")
     # README's "from Python" block, on this run (tiny: T=4, so its budget of 4 base calls is all of them)
     block = re.search(r"```python\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S).group(1)
     res = subprocess.run([sys.executable, "-c", block.replace('"out"', repr(out))], cwd=ROOT, capture_output=True,
@@ -321,20 +322,20 @@ def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
             "--compare-updates", "1", "--compare-variants", "1,2"]
     whole = train.main(args + ["--out", str(tmp_path / "whole")])["compare"]["runs"]
     out = str(tmp_path / "crash")
-    real, calls = train.rl_update, []
+    real, calls = compare.rl_update, []
 
     def crash_on_second_run(*a):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("simulated crash")
         return real(*a)
-    monkeypatch.setattr(train, "rl_update", crash_on_second_run)
+    monkeypatch.setattr(compare, "rl_update", crash_on_second_run)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.main(args + ["--out", out])
     assert not os.path.exists(os.path.join(out, "compare.pt"))
     kept = torch.load(os.path.join(out, "compare.partial.pt"), weights_only=False)["runs"]
     assert [r["variant"] for r in kept] == ["random k"]
-    monkeypatch.setattr(train, "rl_update", real)
+    monkeypatch.setattr(compare, "rl_update", real)
     capsys.readouterr()
     runs = train.main(args + ["--out", out])["compare"]["runs"]
     assert "[compare] resuming from its snapshot after 1 runs" in capsys.readouterr().out

@@ -1,0 +1,99 @@
+"""
+The comparison MaskFocus and GCPO invite: RL variants side by side, every one from the same pretrained
+weights, with the same seeds and the same number of updates (python train.py --compare runs it after the
+stages; --compare-variants picks some). Each variant is one setting of train.rl_update's three switches:
+
+  all steps                            GRPO on every sampling step (the expensive baseline)
+  random k                             k random steps per update
+  focus k                              MaskFocus's k critical steps (largest information gain)
+  focus k + critical tokens            and GCPO's 30% critical tokens with dynamic weights
+  focus k + critical tokens + routing  and MaskFocus's entropy-routed rollouts
+
+Writes the table into report.md (report.compare_table), the accuracy curves to compare.png and one
+trajectory with its critical steps to critical_steps.png.
+"""
+
+import os
+import time
+
+from tqdm import tqdm
+
+import focus
+import report
+from config import drop_progress, load_checkpoint, load_progress, load_stage, model_config, save_progress, save_stage
+from model import MaskedTransformer
+from train import example_trajectory, held_out_accuracy, held_out_prompts, rl_setup, rl_update
+
+VARIANTS = [  # name, steps, tokens, routing (train.rl_update's three switches)
+    ("all steps", "all", "all", "off"),
+    ("random k", "random", "all", "off"),
+    ("focus k", "focus", "all", "off"),
+    ("focus k + critical tokens", "focus", "critical", "off"),
+    ("focus k + critical tokens + routing", "focus", "critical", "entropy"),
+]
+
+
+def pick_variants(spec):
+    """'' -> all VARIANTS; '1,2' -> those (indices), refusing anything else with a clear message."""
+    if not spec:
+        return VARIANTS
+    try:
+        return [VARIANTS[int(i)] for i in spec.split(",")]
+    except (ValueError, IndexError):
+        raise SystemExit(f"--compare-variants takes comma-separated indices 0-{len(VARIANTS) - 1}, got {spec!r}")
+
+
+def stage_compare(cfg, vq, data, dev):
+    """focus.py's comparison: every variant from the same pretrained weights, same seeds, same updates.
+    Each finished (variant, seed) run is saved to compare.partial.pt at once, so a rerun after a crash or
+    a time limit goes on from there (every run starts from the same weights and seeds: nothing changes)."""
+    if (ck := load_stage(cfg, "compare")) is not None:
+        return ck
+    runs = snap["runs"] if (snap := load_progress(cfg, "compare")) is not None else []
+    pre_state = load_checkpoint(os.path.join(cfg.out, "pretrain.pt"))["state"]
+    n_up = cfg.compare_updates or cfg.rl_updates
+    marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
+    prompts = held_out_prompts(cfg, data)
+    model = MaskedTransformer(model_config(cfg)).to(dev)
+    acc = lambda m: held_out_accuracy(cfg, m, vq, prompts, dev)
+    model.load_state_dict(pre_state)
+    acc0 = acc(model)
+    variants = pick_variants(cfg.compare_variants)
+    if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
+        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. --compare-variants 0,1,2,3")
+    for seed in range(cfg.compare_seeds):  # seed-major: a run stopped early still compares every variant
+        for name, steps, tokens, routing in variants:
+            if any(r["variant"] == name and r["seed"] == seed for r in runs):
+                continue
+            model.load_state_dict(pre_state)
+            ref, opt, g_prompts, g = rl_setup(cfg, model, dev, cfg.seed + 1000 * (seed + 1))
+            curve, seconds, fwd, score_fwd, skipped = [(0, acc0)], 0.0, 0, 0, 0
+            for u in tqdm(range(n_up), desc=f"{name} (seed {seed})", leave=False):
+                t0 = time.time()
+                s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing)
+                seconds += time.time() - t0
+                fwd, score_fwd = fwd + s["rollout_fwd"] + s["score_fwd"], score_fwd + s["score_fwd"]
+                skipped += s["skipped"]  # kept in the run's record (metrics.jsonl)
+                if u + 1 in marks:
+                    curve.append((u + 1, acc(model)))
+            runs.append(dict(variant=name, seed=seed, curve=curve, seconds=seconds, fwd=fwd / n_up,
+                             score_fwd=score_fwd / n_up, skipped=skipped))
+            save_progress(cfg, "compare", len(runs), "runs", runs=runs)
+            report.log_metrics(cfg, stage="compare", **runs[-1])
+            print(f"[compare] {name} seed {seed}: " + " ".join(f"{u}:{a:.1%}" for u, a in curve) + f" ({seconds:.0f}s)")
+    series = {}
+    for name, *_ in variants:
+        rs = [r["curve"] for r in runs if r["variant"] == name]
+        series[name] = [(u, sum(c[i][1] for c in rs) / len(rs)) for i, (u, _) in enumerate(rs[0])]
+    report.draw_curves(series, os.path.join(cfg.out, "compare.png"), "held-out accuracy vs RL updates (seed mean)")
+    write_critical_steps(cfg, model, vq, dev)
+    ck = save_stage(cfg, "compare", dict(runs=runs, updates=n_up, seeds=cfg.compare_seeds, n_eval=len(prompts)))
+    drop_progress(cfg, "compare")
+    return ck
+
+
+def write_critical_steps(cfg, model, vq, dev):
+    """One trajectory: each step's x0, its similarity to the final image, the critical steps (by this sample)."""
+    traj, marked = example_trajectory(cfg, model, vq, dev)
+    sims = focus.step_similarity(traj, vq.codes)[0]  # (T,)
+    report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), sims, marked, os.path.join(cfg.out, "critical_steps.png"))
