@@ -7,6 +7,7 @@ What train.py leaves in out/: report.md (tables), metrics.jsonl and the pictures
                     image, the critical steps marked
   log_metrics       one strict-JSON line of out/metrics.jsonl (a NaN is written as null)
   write_report      out/report.md from the stage results train.py collected
+  write_assets      the README's pictures (python report.py --out out --assets)
 """
 
 import json
@@ -20,6 +21,11 @@ import torch
 import world
 
 COLORS = [(40, 80, 220), (220, 60, 40), (40, 160, 60), (200, 140, 0), (140, 60, 180), (0, 150, 160)]
+
+
+ASSET_PROMPTS = ["a red circle", "a blue square and a green triangle", "three yellow circles",
+                 "a green square left of a red triangle", "a blue triangle", "two red squares",
+                 "a yellow triangle above a blue circle", "a green circle and a red square"]
 
 
 def save_grid(images, captions, path, cell=128, cols=8):
@@ -267,13 +273,54 @@ def write_report(cfg, dev, vq_mse, res):
         f.write("\n".join(lines) + "\n")
 
 
+@torch.no_grad()
+def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
+    """The README's pictures from a finished run `out`: unmasking.gif (four prompts decoded side by side by
+    the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below) and
+    shortcut.png (vanilla T steps above, the shortcut at half the base calls below, if the run trained one)."""
+    import config
+    from model import encode_prompts
+    from sample import sample
+    from shortcut import sample_with_shortcut
+    import rewards
+    os.makedirs(folder, exist_ok=True)
+    model, vq, cfg = config.load_generator(out, dev)
+    ids = encode_prompts(prompts).to(dev)
+    kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
+    gen = lambda: torch.Generator(dev).manual_seed(seed)
+    _, traj = sample(model, ids[:4], cfg.sample_steps, generator=gen(), record=True, **kw)
+    frames = [torch.cat([f for pair in zip(fs, [torch.ones_like(fs[0][:, :, :2])] * 4) for f in pair][:-1], 2)
+              for fs in zip(*(trajectory_frames(vq, traj, i) for i in range(4)))]  # (3, H, 4W + 6) per step
+    save_gif(frames + frames[-1:] * 4, os.path.join(folder, "unmasking.gif"), ms=300)  # hold the last frame
+    rows = {"pretrained": config.load_generator(out, dev, pretrained=True)[0], "after RL": model}
+    images = torch.cat([vq.decode(sample(m, ids, cfg.sample_steps, generator=gen(), **kw)) for m in rows.values()])
+    captions = [f"{name}: {c}" for name in rows for c in verdict_captions(prompts, rewards.reward(
+        images[:len(prompts)] if name == "pretrained" else images[len(prompts):], prompts))]
+    save_grid(images, captions, os.path.join(folder, "before_after_rl.png"), cols=len(prompts))
+    if os.path.exists(os.path.join(out, "shortcut.pt")):
+        net, ck = config.load_shortcut(out, dev)
+        budget = max(2, cfg.sample_steps // 2)
+        fast = vq.decode(sample_with_shortcut(model, net, ids, cfg.sample_steps, budget, generator=gen(),
+                                              uncond=ck["config"]["sc_uncond"], **kw))
+        both = torch.cat([images[len(prompts):], fast])
+        r = rewards.reward(both, prompts * 2)
+        captions = [f"{name}: {c}" for name, half in ((f"vanilla {cfg.sample_steps} steps", r[:len(prompts)]),
+                    (f"shortcut {budget} base calls", r[len(prompts):])) for c in verdict_captions(prompts, half)]
+        save_grid(both, captions, os.path.join(folder, "shortcut.png"), cols=len(prompts))
+
+
 if __name__ == "__main__":
     # python report.py --out out: rewrite out/report.md from the stage checkpoints already there
+    # python report.py --out out --assets: and draw the README's pictures into assets/
     import argparse
 
     import config
-    ap = argparse.ArgumentParser(description="Rewrite OUT/report.md from the stage checkpoints in OUT.")
+    ap = argparse.ArgumentParser(description="Rewrite OUT/report.md from the stage checkpoints in OUT; with "
+                                             "--assets, also draw the README's pictures into assets/.")
     ap.add_argument("--out", default="out")
+    ap.add_argument("--assets", nargs="?", const="assets", default=None, metavar="FOLDER",
+                    help="write the README's pictures here (default folder: assets)")
+    ap.add_argument("--device", default=None)
     args = ap.parse_args()
     res, fields = {}, {}
     for stage in ["pretrain", "eval_pretrain", "rl", "eval_rl", "sweep", "shortcut", "compare"]:
@@ -287,3 +334,6 @@ if __name__ == "__main__":
     vq_mse = config.load_checkpoint(os.path.join(args.out, "codebook.pt"))["mse"]
     write_report(cfg, torch.device("cpu"), vq_mse, res)
     print(f"wrote {args.out}/report.md")
+    if args.assets:
+        write_assets(args.out, args.assets, config.pick_device(args.device))
+        print(f"wrote {args.assets}/: " + ", ".join(sorted(os.listdir(args.assets))))
