@@ -1,25 +1,26 @@
 """
-The two models: a toy VQ codebook that turns images into tokens, and (below it) the
-bidirectional masked transformer that generates those tokens, MaskGIT-style.
-
-VQCodebook: instead of a trained VQ-GAN we fit k-means to the non-overlapping p x p
-patches of rendered images. Each patch becomes the id of its nearest centroid, and
-decoding pastes the centroids back. train.py's objects lie on the 4-pixel grid of its 4x4
-patches, so a code is a *part* of a shape (an arc of a circle, a slope of a triangle, a fill, an
-edge): 57 distinct patches at 32x32 (K=64 is lossless), 129 at 64x64 (K=256); with free
-placement (grid=1) there are about 900 distinct 4x4 patches and K=1024 is nearly lossless. Either way it is all the RL and shortcut experiments need: a discrete token grid
-whose images the verifier can score. The mask token id is K = codebook_size, one past the last code.
+The two models, in reading order: the bidirectional masked transformer that generates VQ tokens
+MaskGIT-style, its training loss, and the toy VQ codebook that turns images into tokens.
 
 MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image tokens]
 (F.scaled_dot_product_attention, no causal mask). It predicts a code for every image
-position; the MaskGIT loss only scores the masked ones. Prompts are tokenised word by
-word over the grammar's fixed vocabulary (encode_prompts); an all-<null> prompt, learned
-by dropping prompts during pretraining, is the unconditional branch for classifier-free
-guidance. Image positions are known two ways: a learned absolute embedding and a 2-D rotary
-embedding (RoPE over row and column; the prompt words are not rotated). The rotary part makes
-attention see relative offsets, so "the token above me is the top arc of a red circle" is learned
-once for every place on the grid: with objects of 2x2 to 3x3 tokens that is what lets parts agree.
-Simplified versus MaskGIT: no timestep input (the mask pattern says it all), no weight tying.
+position; the MaskGIT loss only scores the masked ones. Its sizes all come from a ModelConfig
+(vocabulary, prompt length, codebook, grid), so the class copies into another project with this
+file alone (the grammar is imported only by encode_prompts, which tokenises prompts word by word;
+an all-<null> prompt, learned by dropping prompts during pretraining, is the unconditional branch
+for classifier-free guidance). Image positions are known two ways: a learned absolute embedding and
+a 2-D rotary embedding (RoPE over row and column; the prompt words are not rotated). The rotary part
+makes attention see relative offsets, so "the token above me is the top arc of a red circle" is
+learned once for every place on the grid: with objects of 2x2 to 3x3 tokens that is what lets parts
+agree. Simplified versus MaskGIT: no timestep input (the mask pattern says it all), no weight tying.
+
+VQCodebook: instead of a trained VQ-GAN we fit k-means to the non-overlapping p x p patches of
+rendered images. Each patch becomes the id of its nearest centroid, and decoding pastes the
+centroids back. train.py's objects lie on the 4-pixel grid of its 4x4 patches, so a code is a *part*
+of a shape (an arc of a circle, a slope of a triangle, a fill, an edge): 57 distinct patches at
+32x32 (K=64 is lossless), 129 at 64x64 (K=256); with free placement (grid=1) there are about 900
+distinct 4x4 patches and K=1024 is nearly lossless. The mask token id is K = codebook_size, one past
+the last code.
 """
 
 import argparse
@@ -31,7 +32,178 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import world
+# ----------------------------------------------------------------------------------
+# Prompt tokenisation (the grammar's words; every prompt fits in PROMPT_LEN words)
+
+WORDS = ("<pad>", "<null>", "a", "and", "of", "two", "three", "four", "red", "green", "blue", "yellow",
+         "circle", "square", "triangle", "circles", "squares", "triangles", "left", "right", "above", "below")
+WORD_ID = {w: i for i, w in enumerate(WORDS)}
+PROMPT_LEN = 8  # "a red circle left of a blue square"
+
+
+def encode_prompts(prompts):
+    """list of B prompts -> (B, PROMPT_LEN) long word ids, <pad>-filled. ValueError outside the grammar."""
+    import world  # the grammar: only the tokeniser needs it, so the transformer copies out alone
+    rows = []
+    for p in world.prompt_list(prompts):
+        world.parse_prompt(p)  # raises a clear error for anything outside the grammar
+        ids = [WORD_ID[w] for w in p.split(" ")]
+        rows.append(ids + [WORD_ID["<pad>"]] * (PROMPT_LEN - len(ids)))
+    return torch.tensor(rows, dtype=torch.long).view(len(rows), PROMPT_LEN)
+
+
+def check_prompt_ids(prompt_ids, batch=None, length=PROMPT_LEN):
+    """Refuse anything but the (B, PROMPT_LEN) long tensor encode_prompts makes (shape and dtype only: no sync)."""
+    if not isinstance(prompt_ids, torch.Tensor):
+        raise ValueError(f"prompt_ids must be the tensor encode_prompts(list of prompts) makes, "
+                         f"got {type(prompt_ids).__name__}")
+    if prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != length or (
+            batch is not None and prompt_ids.shape[0] != batch):
+        want = f"({'B' if batch is None else batch}, {length}) long"
+        raise ValueError(f"prompt_ids must be {want} (encode_prompts), "
+                         f"got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
+
+
+def null_prompts(n, device=None):
+    """(n, PROMPT_LEN) ids of the unconditional prompt (classifier-free guidance)."""
+    return torch.full((n, PROMPT_LEN), WORD_ID["<null>"], dtype=torch.long, device=device)
+
+
+# ----------------------------------------------------------------------------------
+# Masked transformer
+
+@dataclass
+class ModelConfig:
+    codebook_size: int = 64  # K; the mask id is K
+    n_tokens: int = 64  # N = (image_size / patch)^2, a square grid
+    vocab_size: int = len(WORDS)  # prompt words (encode_prompts' ids; id 1 is the null prompt)
+    prompt_len: int = PROMPT_LEN  # prompt ids per sample
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: int = 4
+
+
+def rope_2d(n_tokens, head_dim, n_prefix, base=100.0):
+    """2-D rotary angles -> (cos, sin), each (n_prefix + N, head_dim / 2). The first half of the rotated
+    pairs turns with the token's row, the second with its column; the n_prefix prompt words get angle 0."""
+    g = math.isqrt(n_tokens)
+    if g * g != n_tokens or head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a square token grid and a head size divisible by 4, "
+                         f"got {n_tokens} tokens and head size {head_dim}")
+    pos = torch.arange(n_tokens)
+    freqs = base ** (-torch.arange(head_dim // 4) / (head_dim // 4))  # (dh/4,)
+    ang = torch.cat([(pos // g)[:, None] * freqs, (pos % g)[:, None] * freqs], 1)  # (N, dh/2): rows | columns
+    ang = torch.cat([torch.zeros(n_prefix, head_dim // 2), ang])  # (L + N, dh/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the pairs (x[..., i], x[..., i + dh/2]) of x (B, heads, S, dh) by the angles behind cos, sin (S, dh/2)."""
+    x1, x2 = x.chunk(2, -1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Bidirectional attention, 2-D RoPE."""
+
+    def __init__(self, d, n_heads, mlp_ratio):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
+
+    def forward(self, x, cos, sin):
+        B, S, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, S, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, heads, S, D/heads)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, S, D/heads), every token sees every token
+        x = x + self.proj(a.transpose(1, 2).reshape(B, S, D))
+        return x + self.mlp(self.ln2(x))
+
+
+class MaskedTransformer(nn.Module):
+    """forward(tokens (B, N) in [0, K], prompt_ids (B, L)) -> logits (B, N, K) [, features (B, N, D)]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.d_model
+        if D % cfg.n_heads:
+            raise ValueError(f"d_model {D} is not divisible by n_heads {cfg.n_heads}")
+        self.tok_emb = nn.Embedding(cfg.codebook_size + 1, D)  # +1: the mask token
+        self.pos_emb = nn.Parameter(torch.randn(1, cfg.n_tokens, D) * 0.02)
+        self.word_emb = nn.Embedding(cfg.vocab_size, D)
+        self.word_pos = nn.Parameter(torch.randn(1, cfg.prompt_len, D) * 0.02)
+        self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
+        cos, sin = rope_2d(cfg.n_tokens, D // cfg.n_heads, cfg.prompt_len)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (L + N, D/heads/2), rebuilt, never saved
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.ln_f = nn.LayerNorm(D)
+        self.head = nn.Linear(D, cfg.codebook_size)  # never predicts the mask id
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def mask_id(self):
+        return self.cfg.codebook_size
+
+    def embed_tokens(self, tokens):
+        """(B, N) ids -> (B, N, D) token + position embeddings (the shortcut model reuses these)."""
+        return self.tok_emb(tokens) + self.pos_emb[:, : tokens.shape[1]]
+
+    def features(self, tokens, prompt_ids):
+        """(B, N) ids, (B, L) prompt -> the final features (B, N, D) that the head reads."""
+        B, N = tokens.shape
+        if N != self.cfg.n_tokens:
+            raise ValueError(f"expected {self.cfg.n_tokens} image tokens, got {N}")
+        check_prompt_ids(prompt_ids, B, self.cfg.prompt_len)
+        p = self.word_emb(prompt_ids) + self.word_pos  # (B, L, D)
+        x = torch.cat([p, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
+        for blk in self.blocks:
+            x = blk(x, self.rope_cos, self.rope_sin)
+        return self.ln_f(x[:, self.cfg.prompt_len:])  # (B, N, D)
+
+    def forward(self, tokens, prompt_ids, return_features=False):
+        feats = self.features(tokens, prompt_ids)  # (B, N, D)
+        logits = self.head(feats)  # (B, N, K)
+        return (logits, feats) if return_features else logits
+
+
+def autocast(device):
+    """bf16 autocast on CUDA only; a no-op elsewhere."""
+    device = torch.device(device)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def cosine_mask_ratio(u):
+    """MaskGIT's training schedule: u ~ U(0, 1) -> fraction of tokens masked, cos(pi/2 * u)."""
+    return torch.cos(math.pi / 2 * u)
+
+
+def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1):
+    """Mask a cosine-schedule fraction of each row (at least one token), cross-entropy on masked tokens only.
+    A `prompt_drop` fraction of rows sees the null prompt, which teaches the unconditional branch."""
+    B, N = tokens.shape
+    dev = tokens.device
+    u = torch.rand(B, generator=generator, device=dev)
+    n_mask = (cosine_mask_ratio(u) * N).ceil().clamp(1, N)  # (B,)
+    rank = torch.rand(B, N, generator=generator, device=dev).argsort(1).argsort(1)  # random order per row
+    masked = rank < n_mask[:, None]  # (B, N) exactly n_mask per row
+    inp = torch.where(masked, torch.full_like(tokens, model.mask_id), tokens)
+    drop = torch.rand(B, generator=generator, device=dev) < prompt_drop
+    prompt_ids = torch.where(drop[:, None], null_prompts(B, dev), prompt_ids)
+    logits = model(inp, prompt_ids)  # (B, N, K)
+    return F.cross_entropy(logits[masked].float(), tokens[masked])
+
 
 # ----------------------------------------------------------------------------------
 # VQ codebook (k-means on patches)
@@ -129,177 +301,6 @@ class VQCodebook(nn.Module):
         return unpatchify(self.codes.to(tokens.device)[tokens], self.patch)
 
 
-
-# ----------------------------------------------------------------------------------
-# Prompt tokenisation (the grammar's words; every prompt fits in PROMPT_LEN words)
-
-WORDS = ("<pad>", "<null>", "a", "and", "of", *world.COUNT_WORDS, *world.COLORS, *world.SHAPES,
-         *[s + "s" for s in world.SHAPES], "left", "right", "above", "below")
-WORD_ID = {w: i for i, w in enumerate(WORDS)}
-PROMPT_LEN = 8  # "a red circle left of a blue square"
-
-
-def encode_prompts(prompts):
-    """list of B prompts -> (B, PROMPT_LEN) long word ids, <pad>-filled. ValueError outside the grammar."""
-    rows = []
-    for p in world.prompt_list(prompts):
-        world.parse_prompt(p)  # raises a clear error for anything outside the grammar
-        ids = [WORD_ID[w] for w in p.split(" ")]
-        rows.append(ids + [WORD_ID["<pad>"]] * (PROMPT_LEN - len(ids)))
-    return torch.tensor(rows, dtype=torch.long).view(len(rows), PROMPT_LEN)
-
-
-def check_prompt_ids(prompt_ids, batch=None):
-    """Refuse anything but the (B, PROMPT_LEN) long tensor encode_prompts makes (shape and dtype only: no sync)."""
-    if not isinstance(prompt_ids, torch.Tensor):
-        raise ValueError(f"prompt_ids must be the tensor encode_prompts(list of prompts) makes, "
-                         f"got {type(prompt_ids).__name__}")
-    if prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != PROMPT_LEN or (
-            batch is not None and prompt_ids.shape[0] != batch):
-        want = f"({'B' if batch is None else batch}, {PROMPT_LEN}) long"
-        raise ValueError(f"prompt_ids must be {want} (encode_prompts), "
-                         f"got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
-
-
-def null_prompts(n, device=None):
-    """(n, PROMPT_LEN) ids of the unconditional prompt (classifier-free guidance)."""
-    return torch.full((n, PROMPT_LEN), WORD_ID["<null>"], dtype=torch.long, device=device)
-
-
-# ----------------------------------------------------------------------------------
-# Masked transformer
-
-@dataclass
-class ModelConfig:
-    codebook_size: int = 64  # K; the mask id is K
-    n_tokens: int = 64  # N = (image_size / patch)^2
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_ratio: int = 4
-
-
-def rope_2d(n_tokens, head_dim, n_prefix, base=100.0):
-    """2-D rotary angles -> (cos, sin), each (n_prefix + N, head_dim / 2). The first half of the rotated
-    pairs turns with the token's row, the second with its column; the n_prefix prompt words get angle 0."""
-    g = math.isqrt(n_tokens)
-    if g * g != n_tokens or head_dim % 4:
-        raise ValueError(f"2-D RoPE needs a square token grid and a head size divisible by 4, "
-                         f"got {n_tokens} tokens and head size {head_dim}")
-    pos = torch.arange(n_tokens)
-    freqs = base ** (-torch.arange(head_dim // 4) / (head_dim // 4))  # (dh/4,)
-    ang = torch.cat([(pos // g)[:, None] * freqs, (pos % g)[:, None] * freqs], 1)  # (N, dh/2): rows | columns
-    ang = torch.cat([torch.zeros(n_prefix, head_dim // 2), ang])  # (L + N, dh/2)
-    return ang.cos(), ang.sin()
-
-
-def apply_rope(x, cos, sin):
-    """Rotate the pairs (x[..., i], x[..., i + dh/2]) of x (B, heads, S, dh) by the angles behind cos, sin (S, dh/2)."""
-    x1, x2 = x.chunk(2, -1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x)). Bidirectional attention, 2-D RoPE."""
-
-    def __init__(self, d, n_heads, mlp_ratio):
-        super().__init__()
-        self.n_heads = n_heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.mlp = nn.Sequential(nn.Linear(d, mlp_ratio * d), nn.GELU(), nn.Linear(mlp_ratio * d, d))
-
-    def forward(self, x, cos, sin):
-        B, S, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, S, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, heads, S, D/heads)
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, S, D/heads), every token sees every token
-        x = x + self.proj(a.transpose(1, 2).reshape(B, S, D))
-        return x + self.mlp(self.ln2(x))
-
-
-class MaskedTransformer(nn.Module):
-    """forward(tokens (B, N) in [0, K], prompt_ids (B, L)) -> logits (B, N, K) [, features (B, N, D)]."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        D = cfg.d_model
-        if D % cfg.n_heads:
-            raise ValueError(f"d_model {D} is not divisible by n_heads {cfg.n_heads}")
-        self.tok_emb = nn.Embedding(cfg.codebook_size + 1, D)  # +1: the mask token
-        self.pos_emb = nn.Parameter(torch.randn(1, cfg.n_tokens, D) * 0.02)
-        self.word_emb = nn.Embedding(len(WORDS), D)
-        self.word_pos = nn.Parameter(torch.randn(1, PROMPT_LEN, D) * 0.02)
-        self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
-        cos, sin = rope_2d(cfg.n_tokens, D // cfg.n_heads, PROMPT_LEN)
-        self.register_buffer("rope_cos", cos, persistent=False)  # (L + N, D/heads/2), rebuilt, never saved
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.ln_f = nn.LayerNorm(D)
-        self.head = nn.Linear(D, cfg.codebook_size)  # never predicts the mask id
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-    @property
-    def mask_id(self):
-        return self.cfg.codebook_size
-
-    def embed_tokens(self, tokens):
-        """(B, N) ids -> (B, N, D) token + position embeddings (the shortcut model reuses these)."""
-        return self.tok_emb(tokens) + self.pos_emb[:, : tokens.shape[1]]
-
-    def features(self, tokens, prompt_ids):
-        """(B, N) ids, (B, L) prompt -> the final features (B, N, D) that the head reads."""
-        B, N = tokens.shape
-        if N != self.cfg.n_tokens:
-            raise ValueError(f"expected {self.cfg.n_tokens} image tokens, got {N}")
-        check_prompt_ids(prompt_ids, B)
-        p = self.word_emb(prompt_ids) + self.word_pos  # (B, L, D)
-        x = torch.cat([p, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
-        for blk in self.blocks:
-            x = blk(x, self.rope_cos, self.rope_sin)
-        return self.ln_f(x[:, PROMPT_LEN:])  # (B, N, D)
-
-    def forward(self, tokens, prompt_ids, return_features=False):
-        feats = self.features(tokens, prompt_ids)  # (B, N, D)
-        logits = self.head(feats)  # (B, N, K)
-        return (logits, feats) if return_features else logits
-
-
-def autocast(device):
-    """bf16 autocast on CUDA only; a no-op elsewhere."""
-    device = torch.device(device)
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def cosine_mask_ratio(u):
-    """MaskGIT's training schedule: u ~ U(0, 1) -> fraction of tokens masked, cos(pi/2 * u)."""
-    return torch.cos(math.pi / 2 * u)
-
-
-def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1):
-    """Mask a cosine-schedule fraction of each row (at least one token), cross-entropy on masked tokens only.
-    A `prompt_drop` fraction of rows sees the null prompt, which teaches the unconditional branch."""
-    B, N = tokens.shape
-    dev = tokens.device
-    u = torch.rand(B, generator=generator, device=dev)
-    n_mask = (cosine_mask_ratio(u) * N).ceil().clamp(1, N)  # (B,)
-    rank = torch.rand(B, N, generator=generator, device=dev).argsort(1).argsort(1)  # random order per row
-    masked = rank < n_mask[:, None]  # (B, N) exactly n_mask per row
-    inp = torch.where(masked, torch.full_like(tokens, model.mask_id), tokens)
-    drop = torch.rand(B, generator=generator, device=dev) < prompt_drop
-    prompt_ids = torch.where(drop[:, None], null_prompts(B, dev), prompt_ids)
-    logits = model(inp, prompt_ids)  # (B, N, K)
-    return F.cross_entropy(logits[masked].float(), tokens[masked])
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Fit the VQ codebook and check that verdicts survive encode -> decode.")
     ap.add_argument("--image-size", type=int, default=32)
@@ -311,6 +312,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import rewards
+    import world
     world.refuse_bad_scene_args(ap, args)
     if min(args.fit_images, args.patch) < 1 or args.codebook_size < 2:
         ap.error("--fit-images and --patch must be at least 1 and --codebook-size at least 2")

@@ -39,3 +39,23 @@ def test_codebook_fit_is_seeded():
     a = VQCodebook.fit(images, 32, 4, torch.Generator().manual_seed(1), iters=3)
     b = VQCodebook.fit(images, 32, 4, torch.Generator().manual_seed(1), iters=3)
     assert torch.equal(a.codes, b.codes)
+
+
+def test_the_transformer_copies_out_with_model_py_alone(tmp_path):
+    """model.py in a folder of its own builds and runs a MaskedTransformer from a ModelConfig."""
+    import shutil
+    import subprocess
+    import sys
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    shutil.copy(root / "model.py", tmp_path / "model.py")
+    code = ("import torch, model; m = model.MaskedTransformer(model.ModelConfig(codebook_size=16, n_tokens=36, "
+            "vocab_size=10, prompt_len=5, d_model=32, n_layers=1, n_heads=2)); "
+            "print(tuple(m(torch.randint(0, 17, (2, 36)), torch.randint(0, 10, (2, 5))).shape))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "(2, 36, 16)", res.stderr
+
+
+def test_the_prompt_vocabulary_is_the_grammars():
+    import model
+    words = {w for p in W.sample_prompts(2000, torch.Generator().manual_seed(0)) for w in p.split(" ")}
+    assert set(model.WORDS[2:]) == words and len(model.WORDS) == len(set(model.WORDS))  # <pad>, <null>, the words
