@@ -157,7 +157,7 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
     loss = pool_mean(surrogate + beta * kl, mask, pool)
     with torch.no_grad():  # the logged means are per token, whatever the pooling
         clipped = ((rho - 1).abs() > clip_eps).float()
-        stats = dict(kl=pool_mean(kl, mask).item(), clip_frac=pool_mean(clipped, mask).item(),
+        stats = dict(kl=pool_mean(kl, mask).item(), clip_ratio=pool_mean(clipped, mask).item(),
                      ratio=pool_mean(rho, mask).item())
     return loss, stats
 
@@ -237,7 +237,11 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     per = c if estimator == "replay" else 1  # replay scores the sampler's guided policy; remask has no CFG
     score_fwd = 5 * mu if estimator == "maskgrpo" else S * per * ((estimator == "remask") + 1 + 3 * mu)
     compute = dict(rollout_fwd=T * c, score_fwd=score_fwd)
-    return dict(reward=r.mean().item(), accuracy=(r >= 1).float().mean().item(), zero_std_groups=flat,
+    entropy = (traj.entropy * traj.committed).sum() / traj.committed.sum()  # the rollout policy, per committed token
+    # named as TRL's GRPOTrainer logs them where it has a name: reward, reward_std (the mean within-group std),
+    # frac_reward_zero_std, kl, clip_ratio, entropy
+    return dict(reward=r.mean().item(), reward_std=r.view(-1, group_size).std(1).mean().item(), frac_reward_zero_std=flat,
+                accuracy=(r >= 1).float().mean().item(), entropy=entropy.item(),
                 skipped=skipped, scored_steps=S, scored_tokens=mask.float().sum().item() / mask.shape[0],
                 **compute, **stats)
 
@@ -276,4 +280,4 @@ if __name__ == "__main__":
                          choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
                     estimator=args.estimator, generator=g)
         print(f"update {u}: reward {s['reward']:.3f} acc {s['accuracy']:.2f} kl {s['kl']:.4f} "
-              f"clip {s['clip_frac']:.2f} zero-std {s['zero_std_groups']:.2f} ({time.time() - t0:.1f}s)")
+              f"clip {s['clip_ratio']:.2f} zero-std {s['frac_reward_zero_std']:.2f} ({time.time() - t0:.1f}s)")

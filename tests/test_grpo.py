@@ -93,7 +93,7 @@ def test_grpo_loss_matches_a_direct_computation():
     assert abs(loss.item() - total / n) < 1e-5
     assert abs(stats["kl"] - sum(kls) / n) < 1e-5
     # clipped entries: rho = e^.5 (b0 j0), e^-1 (b0 j1), e^.5 (b1 j1), e^-1.5 (b1 j2); unclipped: b1 j0 (rho 1)
-    assert abs(stats["clip_frac"] - 4 / 5) < 1e-6
+    assert abs(stats["clip_ratio"] - 4 / 5) < 1e-6
     assert torch.allclose(grpo_loss(logp, old, ref, adv, mask, w, eps, beta, pool="step")[0], loss)  # (B, N): one step
     # the unclipped branch carries gradient, the clipped-and-binding one does not
     lp = logp.clone().requires_grad_(True)

@@ -61,7 +61,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
         assert os.path.exists(os.path.join(out, f)), f
     acc = res["eval_pretrain"]["accuracy"]
     assert set(acc) == {"overall", "single", "two", "counting", "position"}
-    assert len(res["rl"]["log"]) == 3 and all(0 <= x["zero_std_groups"] <= 1 for x in res["rl"]["log"])
+    assert len(res["rl"]["log"]) == 3 and all(0 <= x["frac_reward_zero_std"] <= 1 for x in res["rl"]["log"])
     kinds = [(r["kind"], r["steps"], r["budget"]) for r in res["shortcut"]["table"]]
     assert ("vanilla", 4, 4) in kinds and ("shortcut", 4, 2) in kinds and ("cache", 4, 2) in kinds
     assert res["shortcut"]["table"][kinds.index(("vanilla", 4, 4))]["speedup"] == 1.0
