@@ -230,6 +230,7 @@ def gcpo_hooks(group_size, embeddings, frac=0.3):
 
 
 if __name__ == "__main__":
+    # python focus.py --ckpt out: which steps and tokens focus.py picks on a finished run's rollouts
     import argparse
     import collections
     import os
@@ -237,7 +238,6 @@ if __name__ == "__main__":
     import config
     import probe
     import report
-    import rewards
     import world
     from model import encode_prompts
     from sample import sample
@@ -256,61 +256,32 @@ if __name__ == "__main__":
         ap.error("--batches and --prompts must be at least 1 and --group at least 2 (critical tokens compare a group)")
     dev = config.pick_device(args.device)
     model, vq, cfg = config.load_generator(args.ckpt, dev, pretrained=args.pretrained)
-    args.steps = cfg.sample_steps if args.steps is None else args.steps
-    if not 1 <= args.k <= args.steps <= model.cfg.n_tokens:
-        ap.error(f"need 1 <= --k <= --steps <= {model.cfg.n_tokens} image tokens, got k={args.k}, steps={args.steps}")
-    g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1)
-    picked, picked_each, gains, sims = collections.Counter(), collections.Counter(), [], []
-    K, N = vq.codes.shape[0], model.cfg.n_tokens
+    T = args.steps = cfg.sample_steps if args.steps is None else args.steps
+    if not 1 <= args.k <= T <= model.cfg.n_tokens:
+        ap.error(f"need 1 <= --k <= --steps <= {model.cfg.n_tokens} image tokens, got k={args.k}, steps={T}")
+    g, g_prompts, picked, gains, sims = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1), [], [], []
     label = probe.part_labels(vq, cfg.image_size, cfg.grid)  # what each code is a part of: (colour, shape) or None
-    is_object = torch.tensor([x is not None for x in label])
-    first = collections.Counter()  # the first object each sample commits: when, and what it decides
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
-        tokens, traj = sample(model, encode_prompts(prompts).to(dev), args.steps, cfg.cfg_scale,
-                              cfg.temperature, cfg.choice_temperature, generator=g, record=True)
+        tokens, traj = sample(model, encode_prompts(prompts).to(dev), T, cfg.cfg_scale, cfg.temperature,
+                              cfg.choice_temperature, generator=g, record=True)
         gains.append(information_gain(traj, vq.codes))
         sims.append(step_similarity(traj, vq.codes).mean(0))
-        batch_k = critical_steps(gains[-1], args.k)
-        picked.update(batch_k)
-        each = critical_steps(information_gain(traj, vq.codes, per_sample=True), args.k)  # (B, k)
-        picked_each.update(each.flatten().tolist())
-        step, pos = first_commit(traj, is_object)
-        ok = (rewards.reward(vq.decode(tokens).cpu(), prompts) >= 1).tolist()
-        for b, p in enumerate(prompts):
-            if step[b] < 0:
-                continue
-            objs, lab = world.parse_prompt(p)[1], label[int(tokens[b, pos[b]])]
-            two = len(set(objs)) == 2  # two different objects (not a count of one)
-            swapped = two and lab not in objs and lab in probe.swaps_of(*objs)
-            first.update({"n": 1, "in batch k": int(step[b]) in batch_k,
-                          "in own k": int(step[b]) in each[b].tolist(), "wrong first": lab not in objs,
-                          "swapped first": swapped, "two objects": two, "failed": not ok[b],
-                          "step": int(step[b])})
-    T = len(gains[0])
-    masked = (traj.states == model.mask_id).sum(-1)[:, 0].tolist()  # (T,) masked tokens entering each step
+        picked += critical_steps(gains[-1], args.k)
+    n_picked = collections.Counter(picked)
+    first = first_commit(traj, torch.tensor([x is not None for x in label]))[0]  # the last batch's first object part
+    rows = [("masked at input", (traj.states == model.mask_id).sum(-1)[:, 0].tolist(), "{:7d}"),
+            ("mean s_t", torch.stack(sims).mean(0).tolist(), "{:7.3f}"), ("mean gain", torch.stack(gains).mean(0).tolist(),
+            "{:7.3f}"), ("times picked", [n_picked[t] for t in range(T)], "{:7d}")]
     print(f"{args.batches} batches of {args.prompts} prompts x G={args.group}, T={T}, k={args.k}")
-    print("step            " + "".join(f"{t:7d}" for t in range(T)))
-    print("masked at input " + "".join(f"{m:7d}" for m in masked))
-    print("mean s_t        " + "".join(f"{v:7.3f}" for v in torch.stack(sims).mean(0).tolist()))
-    print("mean gain       " + "".join(f"{v:7.3f}" for v in torch.stack(gains).mean(0).tolist()))
-    print("times picked    " + "".join(f"{picked[t]:7d}" for t in range(T)))
-    n_each = sum(picked_each.values()) / args.k  # samples pooled
-    print("per sample, %   " + "".join(f"{100 * picked_each[t] / n_each:7.1f}" for t in range(T)))
+    for name, values, fmt in [("step", list(range(T)), "{:7d}")] + rows:
+        print(f"{name:16s}" + "".join(fmt.format(v) for v in values))
     crit = critical_tokens(traj, args.group, 0.3, vq.codes)
     side = math.isqrt(crit.shape[1])
-    print(f"critical tokens of the last batch's first sample ({int(crit[0].sum())} of {crit.shape[1]}):")
+    print(f"the first part of an object is committed at step {first[first >= 0].float().mean():.1f} on average; "
+          f"critical tokens of the last batch's first sample ({int(crit[0].sum())} of {crit.shape[1]}):")
     for row in crit[0].view(side, side).tolist():
         print("  " + " ".join("#" if c else "." for c in row))
-    n = first["n"]
-    print(f"the first object each sample commits ({n} samples): at step {first['step'] / n:.1f} on average; "
-          f"among the batch's k focus steps in {first['in batch k'] / n:.0%} of samples, among its own in "
-          f"{first['in own k'] / n:.0%}. In {first['wrong first'] / n:.0%} of samples it is an object the prompt does not "
-          f"name, which fails the sample whatever follows: {first['wrong first'] / max(1, first['failed']):.0%} of all "
-          f"{first['failed']} failures are decided by that one commit")
-    n2 = max(1, first["two objects"])
-    print(f"  of the {first['two objects']} samples whose prompt names two different objects, "
-          f"{first['swapped first'] / n2:.0%} commit first the colour of one with the shape of the other")
     print(probe.report(model, cfg, label))  # binding and relations on the empty board (probe.py)
     path = os.path.join(args.ckpt, "focus_demo.png")
     report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), step_similarity(traj, vq.codes)[0],

@@ -135,8 +135,8 @@ def report(model, cfg, labels):
             f"{share:.1%} of the mass on those four objects goes to the two swaps (0%: perfect binding, 50%: none)\n"
             f"relations on the empty board ({rel['prompts']} prompts \"a C1 S1 REL a C2 S2\"): the first object's "
             f"mean position is on the named side of the second's in {rel['order']:.1%} of prompts (50%: word order "
-            f"unknown); {rel['placement']:.1%} of the two objects' mass is on cells where the renderer can put them "
-            f"(the named halves; 50%: direction unknown)")
+            f"unknown); {rel['placement']:.1%} of the two objects' mass is on their named halves of the grid "
+            f"(50%: direction unknown)")
 
 
 if __name__ == "__main__":

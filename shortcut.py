@@ -268,53 +268,49 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
 
 
 if __name__ == "__main__":
+    # python shortcut.py --ckpt out: the run's speed table; --prompt P: P sampled both ways into shortcut.png
+    import config
+    import report
+    import rewards
+    import world
+    from bench import time_interleaved
+    from model import encode_prompts
     ap = argparse.ArgumentParser(description="The shortcut of a finished `python train.py` run: its speed table, or "
                                              "with --prompt, vanilla and shortcut samples of one prompt side by side.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder (shortcut.pt)")
     ap.add_argument("--prompt", default=None, help="sample this prompt both ways and write shortcut.png")
-    ap.add_argument("--budget", type=int, default=None,
-                    help="base-model calls of the shortcut sampler (default: half the run's steps, at least 2)")
+    ap.add_argument("--budget", type=int, default=None, help="base-model calls (default: half the steps, at least 2)")
     ap.add_argument("--n", type=int, default=8, help="samples of --prompt per sampler: the timed batch (the PNG shows 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    import config
     dev = config.pick_device(args.device)
     net, ck = config.load_shortcut(args.ckpt, dev)
     if args.prompt is None:
-        from report import speed_table_lines
-        print("\n".join(speed_table_lines(ck["table"])))
-    else:
-        import report
-        import rewards
-        import world
-        from model import encode_prompts
-        try:
-            world.parse_prompt(args.prompt)
-        except ValueError as e:
-            ap.error(str(e))
-        model, vq, cfg = config.load_generator(args.ckpt, dev)
-        T = cfg.sample_steps
-        args.budget = min(T, max(2, T // 2)) if args.budget is None else args.budget  # T=12: 6, the table's last
-        if not 1 <= args.budget <= T or args.n < 1:
-            ap.error(f"--budget must be between 1 and the run's {T} sampling steps and --n at least 1, "
-                     f"got {args.budget} and {args.n}")
-        ids = encode_prompts([args.prompt] * args.n).to(dev)
-        kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
-                  uncond=ck["config"]["sc_uncond"])
-        runs = {f"vanilla, {T} steps": T, f"shortcut, {args.budget} base calls": args.budget}
-        fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
-            args.seed), **kw) for b in runs.values()]
-        from bench import time_interleaved
-        secs = time_interleaved(fns, dev, rounds=3)  # the speed table's timing
-        images, captions, show = [], [], min(args.n, 8)  # a large --n is a benchmark: the picture shows 8
-        for name, fn, sec in zip(runs, fns, secs):
-            img = vq.decode(fn())  # the same seed: the timed samples again
-            r = rewards.reward(img.cpu(), [args.prompt] * args.n)
-            images.append(img[:show])
-            captions += [f"{name}: {c}" for c in report.verdict_captions([args.prompt] * show, r[:show])]
-            print(f"{name}: accuracy {(r >= 1).float().mean():.0%} on {args.n} samples, "
-                  f"{1000 * sec / args.n:.2f} ms/image ({dev.type}, batch {args.n})")
-        png = os.path.join(args.ckpt, "shortcut.png")
-        report.save_grid(torch.cat(images), captions, png, cols=show)
-        print(f"wrote {png}: vanilla samples on the first row, the shortcut's on the second")
+        print("\n".join(report.speed_table_lines(ck["table"])))
+        raise SystemExit
+    model, vq, cfg = config.load_generator(args.ckpt, dev)
+    T = cfg.sample_steps
+    budget = min(T, max(2, T // 2)) if args.budget is None else args.budget  # T=12: 6, the table's last
+    if not 1 <= budget <= T or args.n < 1:
+        ap.error(f"--budget must be between 1 and the run's {T} sampling steps and --n at least 1, got {budget} and {args.n}")
+    try:
+        world.parse_prompt(args.prompt)
+    except ValueError as e:
+        ap.error(str(e))
+    ids, show = encode_prompts([args.prompt] * args.n).to(dev), min(args.n, 8)  # a large --n is a benchmark
+    kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
+              uncond=ck["config"]["sc_uncond"])
+    runs = {f"vanilla, {T} steps": T, f"shortcut, {budget} base calls": budget}
+    fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
+        args.seed), **kw) for b in runs.values()]
+    images, captions = [], []
+    for name, fn, sec in zip(runs, fns, time_interleaved(fns, dev, rounds=3)):  # the speed table's timing
+        img = vq.decode(fn())  # the same seed: the timed samples again
+        r = rewards.reward(img.cpu(), [args.prompt] * args.n)
+        images.append(img[:show])
+        captions += [f"{name}: {c}" for c in report.verdict_captions([args.prompt] * show, r[:show])]
+        print(f"{name}: accuracy {(r >= 1).float().mean():.0%} on {args.n} samples, "
+              f"{1000 * sec / args.n:.2f} ms/image ({dev.type}, batch {args.n})")
+    report.save_grid(torch.cat(images), captions, os.path.join(args.ckpt, "shortcut.png"), cols=show)
+    print(f"wrote {os.path.join(args.ckpt, 'shortcut.png')}: vanilla samples on the first row, the shortcut's on the second")
