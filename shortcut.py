@@ -24,7 +24,7 @@ starts at zero (delta = 0: the shortcut begins as the feature cache); the new to
 attention mask over all positions (the same as gathering them), and a step that commits nothing leaves
 the cross-attention out; no dropout (the paper's 0.1). Our first version modulated all four LayerNorms
 with adaLN, added an always-attendable null key/value and trained at lr 1e-3: it fitted the held-out
-features better (one-step MSE 0.0093 against 0.0120) but sampled no more accurately (FINDINGS.md,
+features better (one-step MSE 0.0093 against 0.0120) but sampled no more accurately (docs/FINDINGS.md,
 section 7), so the paper's design stands.
 
 Simplified versus the paper: one block, trained only on trajectories with the step
@@ -34,8 +34,8 @@ tricks in the base model. Changed from the paper: train.py samples with uncond="
 conditional branch takes the shortcut; the null-prompt branch keeps its last base features), which
 measured up to 3 points more accurate here, nearly all of it on counting prompts (README); --sc-uncond
 shortcut is the paper's way. (Exact features in the null-prompt branch, from an extra base call, did
-not help either: FINDINGS.md section 4.) Tried and removed: placing the base calls where the base features
-move most instead of evenly (no better over three seeds of the GPU preset: FINDINGS.md section 5).
+not help either: docs/FINDINGS.md section 4.) Tried and removed: placing the base calls where the base features
+move most instead of evenly (no better over three seeds of the GPU preset: docs/FINDINGS.md section 5).
 """
 
 import argparse

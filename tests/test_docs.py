@@ -1,6 +1,7 @@
-"""The docs are meant to be copied from: every flag a command in README.md or FINDINGS.md names must be
+"""The docs are meant to be copied from: every flag a command in README.md or docs/FINDINGS.md names must be
 one its script accepts, and every `module.name` README.md names must exist (a renamed flag or function
-would otherwise leave the docs quietly wrong). FINDINGS.md is a lab notebook: it may name code it removed."""
+would otherwise leave the docs quietly wrong). FINDINGS.md is a lab notebook: it may name code it removed.
+The README reads in five minutes: short, a picture first, the set-up commands near the top."""
 import functools
 import importlib
 import pathlib
@@ -11,9 +12,9 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "FINDINGS.md"]
+DOCS = ["README.md", "docs/FINDINGS.md"]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-MODULES = "world|rewards|model|sample|grpo|focus|probe|shortcut|train|config|report"
+MODULES = "world|rewards|model|sample|grpo|focus|probe|shortcut|train|config|report|bench|compare"
 NAME = re.compile(rf"(?<![\w/.])({MODULES})\.([A-Za-z_]\w*)")
 FILE_TYPES = {"py", "pt", "md", "png", "gif", "jsonl"}  # train.py, shortcut.pt, report.md: files, not names
 
@@ -82,3 +83,30 @@ def test_every_function_the_readme_names_exists():
 
 def test_a_wrong_name_is_caught():
     assert missing_names("`grpo.grpo_loss`, `sample.no_such_function` and `out/report.md`") == ["sample.no_such_function"]
+
+
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+
+
+def test_the_readme_is_short_opens_with_a_picture_and_sets_up_early():
+    text = (ROOT / "README.md").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 220, f"README.md has {len(lines)} lines"
+    pictures = IMAGE.findall(text)
+    assert pictures and text.index(pictures[0]) < text.index("\n## "), "no picture before the first section"
+    assert all((ROOT / p).is_file() for p in pictures), [p for p in pictures if not (ROOT / p).is_file()]
+    assert sum((ROOT / p).stat().st_size for p in pictures) < 1_000_000  # the committed pictures stay small
+    setup = [i for i, line in enumerate(lines) if line.startswith("pip install -r requirements.txt && python")]
+    assert len(setup) == 2 and max(setup) < 40, setup
+
+
+WORDS_OF_THE_MACHINERY = r"session|device time|timeout_s|give_back|budget_left|issue [0-9]"
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_no_word_of_how_the_work_is_run():
+    """The repository speaks of the project alone (this file names the words it looks for, so tests/ is left out)."""
+    out = subprocess.run(["git", "grep", "-n", "-i", "-E", WORDS_OF_THE_MACHINERY, "--", ".", ":!tests"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode in (0, 1), out.stderr  # 1: nothing found
+    assert out.stdout == "", out.stdout
