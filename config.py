@@ -67,8 +67,8 @@ class Config:
     rl_estimator: str = "remask"  # remask (MaskFocus) | replay | maskgrpo (its mask-ratio schedule; no steps chosen)
     rl_mask_floor: float = 0.6  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999) (MaskGRPO: 0.6)
     rl_pool: str = "token"  # token: one mean over every scored token | step: a mean per scored step, then over steps (MaskFocus)
-    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; random ties it, README)
-    rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; -4 points at T=16)
+    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; the comparison, README)
+    rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; the comparison, README)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
     rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus; what eval uses) | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
@@ -112,17 +112,17 @@ PRESETS = {
     "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
     # MaskGIT's 16x16 = 256-token grid (64x64 pixels, 4x4 patches; objects of 16-24 px span 4x4 to 6x6
     # tokens) in T = 12 steps: 21 tokens per step on average. Lengths by FLOP count, for at most 5 minutes
-    # on one H200 at an assumed 25% of 790 bf16 TFLOP/s = 198 TFLOP/s (59 PFLOP in 300 s). A forward pass
-    # of one sequence (8 words + 256 tokens, d 256, 6 layers, 4.7M weights) costs 2 x 4.7M x 264 + attention
-    # 4 x 6 x 264^2 x 256 = 2.5 + 0.4 = 2.9 GFLOP; a training pass 3x that, 8.7 GFLOP.
-    #   pretraining   2000 steps x batch 256 x 8.7 GFLOP                                    = 4.5 PFLOP
-    #   evaluations   2 x 1600 images x 12 steps x 2 (CFG) x 2.9 GFLOP                      = 0.2 PFLOP
-    #   RL            200 updates x 256 rollouts x (12 x 2 x 2.9 sampling + 4 steps x
-    #                 (8.7 policy + 2.9 reference + 2.9 old)) GFLOP                         = 6.5 PFLOP
-    #   held-out      8 evals x 400 images x 12 x 2 x 2.9 GFLOP                             = 0.2 PFLOP
-    #   shortcut      collection 1024 x 2 x 12 x 2.9 + 8 table rows of 1600 images (about 50 base
-    #                 calls each incl. CFG) x 2.9 + timed batch 1024 x 4 rounds            = 4.2 PFLOP
-    #   total about 15.6 PFLOP: 79 s at 198 TFLOP/s, so the 5-minute budget also holds at ~7% MFU.
+    # on one H200 at an assumed 25% of 790 bf16 TFLOP/s = 198 TFLOP/s (59 PFLOP in 300 s). A forward pass of
+    # one sequence (8 words + 256 tokens, d 256, 6 layers: 4.78M weights in matmuls) costs 2 x 4.78M x 264
+    # + attention 4 x 6 x 264^2 x 256 = 2.52 + 0.43 = 2.95 GFLOP; a training pass about 3x that, 8.9 GFLOP.
+    #   pretraining  2000 steps x batch 256 x 8.9                                                 4.56 PFLOP
+    #   evaluations  2 x 1600 images x 12 steps x 2 (CFG) x 2.95                                  0.23
+    #   RL           200 updates x 256 rollouts x (12 x 2 x 2.95 sampling + 4 scored steps x
+    #                (8.9 policy + 2.95 reference + 2.95 old policy))                             6.66
+    #   held-out     9 evaluations x 400 images x 12 x 2 x 2.95                                   0.25
+    #   shortcut     collection 1024 x 12 x 2 x 2.95; the table's 8 rows (50 base calls per image,
+    #                x2 CFG) on 1600 images and timed at batch 1024 (a warm-up and 3 rounds)      1.75
+    #   in all about 13.5 PFLOP: 68 s at 198 TFLOP/s; 5 minutes holds down to about 6% MFU.
     "gpu": dict(image_size=64, patch=4, grid=4, codebook_size=256, d_model=256, n_layers=6, n_heads=8,
                 pretrain_steps=2000, batch_size=256, lr=1.5e-3, warmup=100, eval_samples=4, eval_batch=1600,
                 rl_updates=200, rl_prompts=32, rl_eval_every=25, compare_updates=100, compare_eval_prompts=400,
