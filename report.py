@@ -292,21 +292,22 @@ def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
     frames = [torch.cat([f for pair in zip(fs, [torch.ones_like(fs[0][:, :, :2])] * 4) for f in pair][:-1], 2)
               for fs in zip(*(trajectory_frames(vq, traj, i) for i in range(4)))]  # (3, H, 4W + 6) per step
     save_gif(frames + frames[-1:] * 4, os.path.join(folder, "unmasking.gif"), ms=300)  # hold the last frame
-    rows = {"pretrained": config.load_generator(out, dev, pretrained=True)[0], "after RL": model}
-    images = torch.cat([vq.decode(sample(m, ids, cfg.sample_steps, generator=gen(), **kw)) for m in rows.values()])
-    captions = [f"{name}: {c}" for name in rows for c in verdict_captions(prompts, rewards.reward(
-        images[:len(prompts)] if name == "pretrained" else images[len(prompts):], prompts))]
-    save_grid(images, captions, os.path.join(folder, "before_after_rl.png"), cols=len(prompts))
+    def two_rows(path, rows):  # {row name: images (P, 3, H, W)} -> one grid, a row each, captions with verdicts
+        images = torch.cat(list(rows.values()))
+        verdicts = verdict_captions(prompts * len(rows), rewards.reward(images, prompts * len(rows)))
+        names = [name for name in rows for _ in prompts]
+        save_grid(images, [f"{n}: {v}" for n, v in zip(names, verdicts)], os.path.join(folder, path), cols=len(prompts))
+
+    pretrained = config.load_generator(out, dev, pretrained=True)[0]
+    rl = vq.decode(sample(model, ids, cfg.sample_steps, generator=gen(), **kw))
+    two_rows("before_after_rl.png", {"pretrained": vq.decode(sample(pretrained, ids, cfg.sample_steps,
+                                                                     generator=gen(), **kw)), "after RL": rl})
     if os.path.exists(os.path.join(out, "shortcut.pt")):
         net, ck = config.load_shortcut(out, dev)
         budget = max(2, cfg.sample_steps // 2)
         fast = vq.decode(sample_with_shortcut(model, net, ids, cfg.sample_steps, budget, generator=gen(),
                                               uncond=ck["config"]["sc_uncond"], **kw))
-        both = torch.cat([images[len(prompts):], fast])
-        r = rewards.reward(both, prompts * 2)
-        captions = [f"{name}: {c}" for name, half in ((f"vanilla {cfg.sample_steps} steps", r[:len(prompts)]),
-                    (f"shortcut {budget} base calls", r[len(prompts):])) for c in verdict_captions(prompts, half)]
-        save_grid(both, captions, os.path.join(folder, "shortcut.png"), cols=len(prompts))
+        two_rows("shortcut.png", {f"vanilla {cfg.sample_steps} steps": rl, f"shortcut {budget} base calls": fast})
 
 
 if __name__ == "__main__":

@@ -135,17 +135,23 @@ def generate(cfg, model, vq, prompts, dev, seed, mode="confidence"):
     return torch.cat(out)
 
 
-def stage_evaluate(cfg, name, model, vq, data, dev):
-    """Accuracy overall and per category, and the quality metric, on the fixed evaluation set."""
-    if (ck := load_stage(cfg, name)) is not None:
-        return ck
-    t0 = time.time()
+def evaluate(cfg, model, vq, data, dev):
+    """The fixed evaluation set sampled at cfg's settings (same seed every time) and scored:
+    (images, rewards (B,), accuracy overall and per category, quality FD, why each sample fails (B names))."""
     prompts = data["eval_prompts"]
     images = generate(cfg, model, vq, prompts, dev, seed=cfg.seed + 100)
     r = rewards.reward(images, prompts)
-    acc = rewards.accuracy_report(r, prompts)
-    fd = rewards.quality(images, data["eval_ref"].float() / 255)
-    failures = rewards.failure_report(rewards.failure_modes(images, prompts), prompts)  # why samples fail
+    return (images, r, rewards.accuracy_report(r, prompts), rewards.quality(images, data["eval_ref"].float() / 255),
+            rewards.failure_modes(images, prompts))
+
+
+def stage_evaluate(cfg, name, model, vq, data, dev):
+    """Accuracy overall and per category, the quality metric, and why samples fail, on the evaluation set."""
+    if (ck := load_stage(cfg, name)) is not None:
+        return ck
+    t0, prompts = time.time(), data["eval_prompts"]
+    images, r, acc, fd, modes = evaluate(cfg, model, vq, data, dev)
+    failures = rewards.failure_report(modes, prompts)  # per category
     seconds = time.time() - t0
     print(f"[{name}] accuracy {acc['overall']:.1%} "
           + " ".join(f"{c} {acc[c]:.1%}" for c in world.CATEGORIES) + f", quality FD {fd:.3f} ({seconds:.0f}s)")
@@ -165,19 +171,15 @@ def stage_sweep(cfg, models, vq, data, dev):
     trade-off, and whether RL moves it."""
     if (ck := load_stage(cfg, "sweep")) is not None:
         return ck
-    prompts, ref, rows = data["eval_prompts"], data["eval_ref"].float() / 255, []
+    rows = []
     for name, model in models.items():
         for T in tqdm(sweep_list(cfg.sweep_steps), desc=f"sweep {name}", leave=False):
             t0 = time.time()
-            images = generate(dataclasses.replace(cfg, sample_steps=T), model, vq, prompts, dev, seed=cfg.seed + 100)
-            r = rewards.reward(images, prompts)
-            modes = rewards.failure_modes(images, prompts)
-            rows.append(dict(model=name, steps=T, tokens_per_step=cfg.n_tokens / T,
-                             accuracy=rewards.accuracy_report(r, prompts), quality=rewards.quality(images, ref),
+            _, _, acc, fd, modes = evaluate(dataclasses.replace(cfg, sample_steps=T), model, vq, data, dev)
+            rows.append(dict(model=name, steps=T, tokens_per_step=cfg.n_tokens / T, accuracy=acc, quality=fd,
                              failures={m: modes.count(m) / len(modes) for m in rewards.FAILURES},
                              seconds=time.time() - t0))
-            print(f"[sweep] {name} T={T}: accuracy {rows[-1]['accuracy']['overall']:.1%}, "
-                  f"quality FD {rows[-1]['quality']:.3f}")
+            print(f"[sweep] {name} T={T}: accuracy {acc['overall']:.1%}, quality FD {fd:.3f}")
             report.log_metrics(cfg, stage="sweep", **rows[-1])
     return save_stage(cfg, "sweep", dict(rows=rows))
 
