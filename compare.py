@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 import focus
 import report
-from config import drop_progress, load_checkpoint, load_progress, load_stage, model_config, save_progress, save_stage
+from config import model_config
+from runs import drop_progress, load_checkpoint, load_progress, load_stage, save_progress, save_stage
 from model import MaskedTransformer
 from train import example_trajectory, held_out_accuracy, held_out_prompts, rl_setup, rl_update
 

@@ -1,21 +1,12 @@
 """
-Configuration and plumbing for train.py: the Config dataclass and its presets, the CLI built
-from it, device choice, and atomic stage checkpoints that remember the settings they depend on.
-
-Every Config field is a flag (`--rl-lr 1e-4`); `--preset tiny|cpu|gpu` picks the defaults the
-other flags override. A stage's checkpoint holds the fields its result depends on (its own and
-its inputs', STAGE_FIELDS); a rerun skips a stage whose checkpoint matches and stops with a
-message naming the fields when one does not (use --fresh, or --out for a separate folder).
-Pretraining and RL also snapshot their progress every `snapshot_secs` (<stage>.partial.pt: weights,
-optimiser, generator states), and the comparison after every run, so a rerun after a crash or a
-time limit goes on exactly where it stopped: the result is the same as a run that never stopped
-(metrics.jsonl may hold the steps between the snapshot and the crash twice).
+The settings of train.py: the Config dataclass (one comment per field, shown by --help), its presets, and the
+CLI built from it. Every field is a flag (`--rl-lr 1e-4`); `--preset tiny|cpu|gpu` picks the defaults the other
+flags override. A run's device, folder and checkpoints are in runs.py.
 """
 
 import argparse
 import dataclasses
 import inspect
-import os
 import re
 from dataclasses import dataclass
 
@@ -23,7 +14,7 @@ import torch
 
 import shortcut
 import world
-from model import MaskedTransformer, ModelConfig, VQCodebook
+from model import ModelConfig
 
 
 @dataclass
@@ -72,6 +63,7 @@ class Config:
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
     rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus; what eval uses) | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
+    rl_micro_batch: int = 0  # rollouts per forward and backward when scoring (gradient accumulation; 0: all at once)
     rl_per_sample: bool = False  # focus: each sample's own k critical steps instead of the batch's
     clip_eps: float = 0.2
     beta: float = 0.01
@@ -110,22 +102,18 @@ PRESETS = {
                  rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2, compare_eval_prompts=8,
                  sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
     "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
-    # MaskGIT's 16x16 = 256-token grid (64x64 pixels, 4x4 patches; objects of 16-24 px span 4x4 to 6x6
-    # tokens) in T = 12 steps: 21 tokens per step on average. Lengths by FLOP count, for at most 5 minutes
-    # on one H200 at an assumed 25% of 790 bf16 TFLOP/s = 198 TFLOP/s (59 PFLOP in 300 s). A forward pass of
-    # one sequence (8 words + 256 tokens, d 256, 6 layers: 4.78M weights in matmuls) costs 2 x 4.78M x 264
-    # + attention 4 x 6 x 264^2 x 256 = 2.52 + 0.43 = 2.95 GFLOP; a training pass about 3x that, 8.9 GFLOP.
-    #   pretraining  2000 steps x batch 256 x 8.9                                                 4.56 PFLOP
-    #   evaluations  2 x 1600 images x 12 steps x 2 (CFG) x 2.95                                  0.23
-    #   RL           200 updates x 256 rollouts x (12 x 2 x 2.95 sampling + 4 scored steps x
-    #                (8.9 policy + 2.95 reference + 2.95 old policy))                             6.66
-    #   held-out     9 evaluations x 400 images x 12 x 2 x 2.95                                   0.25
-    #   shortcut     collection 1024 x 12 x 2 x 2.95; the table's 8 rows (50 base calls per image,
-    #                x2 CFG) on 1600 images and timed at batch 1024 (a warm-up and 3 rounds)      1.75
-    #   in all about 13.5 PFLOP: 68 s at 198 TFLOP/s; 5 minutes holds down to about 6% MFU.
+    # MaskGIT's 16x16 = 256-token grid (64x64 px, 4x4 patches; objects of 16-24 px span 4x4 to 6x6 tokens) in
+    # T = 12 steps: 21 tokens per step. Lengths by FLOP count, for at most 5 minutes on one H200 at an assumed 25%
+    # of 790 bf16 TFLOP/s = 198 TFLOP/s. A forward pass of one sequence (8 words + 256 tokens, d 256, 6 layers:
+    # 4.78M matmul weights) costs 2 x 4.78M x 264 + attention 4 x 6 x 264^2 x 256 = 2.95 GFLOP; training 3x, 8.9.
+    #   pretraining 2000 steps x 256 x 8.9 = 4.56 PFLOP; evaluations 2 x 1600 images x 12 steps x 2 (CFG) x 2.95
+    #   = 0.23; RL 200 updates x 256 rollouts x (12 x 2 x 2.95 sampling + 4 scored steps x (8.9 policy + 2.95
+    #   reference + 2.95 old)) = 6.66; held-out 9 x 400 x 12 x 2 x 2.95 = 0.25; shortcut: collection 1024 x 12
+    #   x 2 x 2.95 and the table's 8 rows (50 base calls per image, x2 CFG) on 1600 images, timed at batch 1024
+    #   (a warm-up and 3 rounds) = 1.75. In all 13.5 PFLOP: 68 s at 198 TFLOP/s (5 minutes holds down to 6% MFU).
     "gpu": dict(image_size=64, patch=4, grid=4, codebook_size=256, d_model=256, n_layers=6, n_heads=8,
                 pretrain_steps=2000, batch_size=256, lr=1.5e-3, warmup=100, eval_samples=4, eval_batch=1600,
-                rl_updates=200, rl_prompts=32, rl_eval_every=25, compare_updates=100, compare_eval_prompts=400,
+                rl_updates=200, rl_prompts=32, rl_micro_batch=64, rl_eval_every=25, compare_updates=100, compare_eval_prompts=400,
                 sc_prompts=1024, sc_iters=3000, sc_bench_batch=1024),
 }
 
@@ -134,30 +122,13 @@ CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
            "rl_mode": ["stochastic", "confidence"], "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
 
-# the config fields each stage's result depends on (its own and its inputs')
-STAGE_FIELDS = {
-    "data": ["seed", "image_size", "grid", "fit_images", "eval_prompts", "eval_samples"],
-    "codebook": ["patch", "codebook_size"],
-    "pretrain": ["d_model", "n_layers", "n_heads", "pretrain_steps", "batch_size", "lr", "warmup",
-                 "weight_decay", "prompt_drop"],
-    "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
-    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps",
-           "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "rl_pool", "clip_eps", "beta"],
-    "eval_rl": [],
-    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
-                 "sc_bench_batch"],
-}
-
-
-COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "compare_variants"]
-
 # the range every numeric field must lie in, checked before any work starts (a zero batch once trained nothing)
 RANGES = [
     ("at least 1", lambda v: v >= 1, "patch fit_images d_model n_layers n_heads pretrain_steps batch_size eval_samples "
      "eval_batch rl_prompts compare_seeds compare_eval_prompts sc_batch sc_bench_batch sc_unroll"),
     # group_size: advantages compare the samples of a prompt; sc_prompts: a training and a validation split
     ("at least 2", lambda v: v >= 2, "codebook_size group_size sc_prompts"),
-    ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates rl_mu beta rl_eval_every "
+    ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates rl_mu rl_micro_batch beta rl_eval_every "
      "compare_updates sc_iters sc_width snapshot_secs"),
     ("above 0", lambda v: v > 0, "lr temperature rl_lr clip_eps sc_lr"),
     ("in [0, 1)", lambda v: 0 <= v < 1, "prompt_drop rl_mask_floor"),
@@ -171,26 +142,7 @@ def out_of_range(name, value):
             return f"must be {what}, got {value}"
 
 
-def stage_config(cfg, stage):
-    if stage == "sweep":  # the evaluation settings at other step counts, of both models
-        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps)
-    if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
-        return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
-    names = []
-    for s in STAGE_FIELDS:
-        names += STAGE_FIELDS[s]
-        if s == stage:
-            return {k: getattr(cfg, k) for k in names}
-    raise KeyError(stage)
-
-
-# ----------------------------------------------------------------------------------
-# CLI, device, checkpoints
-
-
-def flag(name):
-    """A Config field's command-line flag: rl_lr -> --rl-lr."""
-    return "--" + name.replace("_", "-")
+flag = lambda name: "--" + name.replace("_", "-")  # a Config field's command-line flag: rl_lr -> --rl-lr
 
 
 def parse_config(argv=None, description=None):
@@ -206,8 +158,7 @@ def parse_config(argv=None, description=None):
             default = f"default {f.default} (or the preset's)"
             ap.add_argument(opt, type=f.type, default=None, help=f"{default}: {note}" if note else default)
     args = ap.parse_args(argv)  # unknown or ill-typed flags exit here with argparse's message
-    preset = args.preset or "auto"
-    if preset == "auto":
+    if (preset := args.preset or "auto") == "auto":
         preset = "gpu" if torch.cuda.is_available() else "cpu"
         print(f"preset: {preset} ({'CUDA found' if preset == 'gpu' else 'no CUDA: the CPU preset'})")
     cfg = Config(preset=preset, **PRESETS[preset])
@@ -219,38 +170,33 @@ def parse_config(argv=None, description=None):
     for f in dataclasses.fields(cfg):
         if problem := out_of_range(f.name, getattr(cfg, f.name)):
             ap.error(f"{flag(f.name)} {problem}")
-    try:  # room for an object of a legal size on the grid
+    try:  # room for an object of a legal size on the grid; the step counts of the parallelism table
         world.object_sizes(cfg.image_size, cfg.grid)
-    except ValueError as e:
-        ap.error(f"--image-size {cfg.image_size} with --grid {cfg.grid}: {e}")
-    if cfg.image_size % cfg.patch:
-        ap.error(f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}")
-    if cfg.d_model % cfg.n_heads:
-        ap.error(f"--d-model {cfg.d_model} must be a multiple of --n-heads {cfg.n_heads}")
-    sc_width = cfg.sc_width or cfg.d_model // 2  # 0: half the model width, as shortcut.Shortcut
-    if sc_width % shortcut.N_HEADS:
-        ap.error(f"the shortcut's width {sc_width} must be a multiple of its {shortcut.N_HEADS} heads; set --sc-width")
-    if (cfg.d_model // cfg.n_heads) % 4:
-        ap.error(f"the head size d_model / n_heads must be a multiple of 4 (2-D RoPE: row and column pairs), "
-                 f"got {cfg.d_model} / {cfg.n_heads}")
-    if cfg.eval_prompts < 4 or cfg.eval_prompts % 4:
-        ap.error(f"--eval-prompts must be a positive multiple of 4 (balanced over the four categories), got {cfg.eval_prompts}")
-    if not 1 <= cfg.sample_steps <= cfg.n_tokens:  # checked now, not after minutes of pretraining
-        ap.error(f"--sample-steps must be between 1 and the {cfg.n_tokens} image tokens, got {cfg.sample_steps}")
-    try:
         sweep = sweep_list(cfg.sweep_steps)
-    except ValueError:
-        ap.error(f"--sweep-steps must be comma-separated step counts like 4,6,8,12, got {cfg.sweep_steps!r}")
-    if any(not 1 <= t <= cfg.n_tokens for t in sweep):
-        ap.error(f"--sweep-steps must each be between 1 and the {cfg.n_tokens} image tokens, got {cfg.sweep_steps}")
-    if not 1 <= cfg.rl_k <= cfg.sample_steps:
-        ap.error(f"--rl-k must be between 1 and --sample-steps {cfg.sample_steps}, got {cfg.rl_k}")
-    if cfg.compare and not (cfg.compare_updates or cfg.rl_updates):
-        ap.error("--compare needs --compare-updates (or --rl-updates) above 0")
-    if cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay":
-        ap.error("--rl-routing entropy changes the rollout policy; use it with --rl-estimator remask")
-    if cfg.compare and cfg.rl_estimator == "maskgrpo":
-        ap.error("--compare varies the scored steps, and --rl-estimator maskgrpo scores none; use remask or replay")
+    except ValueError as e:
+        ap.error(f"--sweep-steps must be comma-separated step counts like 4,6,8,12, got {cfg.sweep_steps!r}"
+                 if "invalid literal" in str(e) else f"--image-size {cfg.image_size} with --grid {cfg.grid}: {e}")
+    N, T, w = cfg.n_tokens, cfg.sample_steps, cfg.sc_width or cfg.d_model // 2  # w 0: half the width, as Shortcut
+    for bad, message in [  # checked now, not after minutes of pretraining
+        (cfg.image_size % cfg.patch, f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}"),
+        (cfg.d_model % cfg.n_heads, f"--d-model {cfg.d_model} must be a multiple of --n-heads {cfg.n_heads}"),
+        (w % shortcut.N_HEADS, f"the shortcut's width {w} must be a multiple of its {shortcut.N_HEADS} heads; set --sc-width"),
+        ((cfg.d_model // cfg.n_heads) % 4, "the head size d_model / n_heads must be a multiple of 4 (2-D RoPE: row and "
+                                           f"column pairs), got {cfg.d_model} / {cfg.n_heads}"),
+        (cfg.eval_prompts < 4 or cfg.eval_prompts % 4, "--eval-prompts must be a positive multiple of 4 (balanced over "
+                                                       f"the four categories), got {cfg.eval_prompts}"),
+        (not 1 <= T <= N, f"--sample-steps must be between 1 and the {N} image tokens, got {T}"),
+        (any(not 1 <= t <= N for t in sweep), f"--sweep-steps must each be between 1 and the {N} image tokens, "
+                                              f"got {cfg.sweep_steps}"),
+        (not 1 <= cfg.rl_k <= T, f"--rl-k must be between 1 and --sample-steps {T}, got {cfg.rl_k}"),
+        (cfg.compare and not (cfg.compare_updates or cfg.rl_updates), "--compare needs --compare-updates (or "
+                                                                      "--rl-updates) above 0"),
+        (cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay", "--rl-routing entropy changes the rollout "
+                                                                       "policy; use it with --rl-estimator remask"),
+        (cfg.compare and cfg.rl_estimator == "maskgrpo", "--compare varies the scored steps, and --rl-estimator "
+                                                         "maskgrpo scores none; use remask or replay")]:
+        if bad:
+            ap.error(message)
     return cfg
 
 
@@ -259,155 +205,15 @@ def sweep_list(spec):
     return sorted({int(x) for x in spec.split(",") if x.strip()})
 
 
-def pick_device(name=None):
-    """cuda > mps > cpu, unless named; a named device this machine lacks stops with a message."""
-    mps = getattr(torch.backends, "mps", None)
-    there = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
-    if not name or name == "auto":
-        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if there[kind]))
-    dev = torch.device(name)
-    if not there.get(dev.type, True):  # another kind (xpu, ...) is left to torch
-        what = {"cuda": "CUDA", "mps": "MPS (Apple GPU)"}[dev.type]
-        raise SystemExit(f"--device {name} asked for, but {what} is not available")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise SystemExit(f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    return dev
-
-
-def make_out(path):
-    """The run folder, made if missing; a path that cannot be one stops with a message."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:  # a file of that name, no permission, a read-only disk
-        raise SystemExit(f"--out {path}: cannot use it as the output folder ({e.strerror})")
-
-
-def save_atomic(obj, path):
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash leaves the old file or the new one, never half of one
-
-
-def load_checkpoint(path):
-    """A file this project saved, onto the CPU (weights_only=False: ours hold configs and generator states too)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def load_stage(cfg, stage):
-    """The stage's checkpoint if it exists and matches the config; None if missing or --fresh."""
-    path = os.path.join(cfg.out, f"{stage}.pt")
-    if cfg.fresh or not os.path.exists(path):
-        return None
-    ck = load_checkpoint(path)
-    want = stage_config(cfg, stage)
-    # a field newer than the checkpoint counts as its default (what the code did before the field existed)
-    had = lambda k: ck["config"].get(k, DEFAULTS[k])
-    diff = {k: (had(k), v) for k, v in want.items() if had(k) != v}
-    if diff:
-        lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise SystemExit(f"{path} was made with other settings ({lines}). "
-                         f"Use --fresh to redo it, or --out for a separate folder.")
-    print(f"[{stage}] checkpoint matches the config: skipped")
-    return ck
-
-
-def save_stage(cfg, stage, payload):
-    payload = dict(payload, config=stage_config(cfg, stage))
-    save_atomic(payload, os.path.join(cfg.out, f"{stage}.pt"))
-    return payload
-
-
-def progress_path(cfg, stage):
-    return os.path.join(cfg.out, f"{stage}.partial.pt")
-
-
-def load_progress(cfg, stage):
-    """An unfinished stage's last snapshot (out/<stage>.partial.pt) if it matches the config, else None."""
-    path = progress_path(cfg, stage)
-    if cfg.fresh or not os.path.exists(path):
-        return None
-    ck = load_checkpoint(path)
-    if ck["config"] != stage_config(cfg, stage):
-        print(f"[{stage}] {path} was made with other settings: starting the stage over")
-        return None
-    print(f"[{stage}] resuming from its snapshot after {ck['done']} {ck['unit']}")
-    return ck
-
-
-def save_progress(cfg, stage, done, unit, **state):
-    """Atomically snapshot an unfinished stage: `done` steps (or updates, runs) and what resuming needs."""
-    save_atomic(dict(state, done=done, unit=unit, config=stage_config(cfg, stage)), progress_path(cfg, stage))
-
-
-def snapshot(**parts):
-    """What resuming a loop needs: weights (a CPU copy), optimiser state, generator states."""
-    return {k: state_dict(v) if isinstance(v, torch.nn.Module) else v.state_dict() if hasattr(v, "state_dict")
-            else v.get_state() for k, v in parts.items()}
-
-
-def restore(snap, **parts):
-    """The inverse of snapshot: load each part's saved state into it."""
-    for k, v in parts.items():
-        (v.set_state if isinstance(v, torch.Generator) else v.load_state_dict)(snap[k])
-
-
-def drop_progress(cfg, stage):
-    """The stage finished: its snapshot is no longer needed."""
-    path = progress_path(cfg, stage)
-    if os.path.exists(path):
-        os.remove(path)
-
-
 def model_config(cfg):
     return ModelConfig(codebook_size=cfg.codebook_size, n_tokens=cfg.n_tokens,
                        d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads)
 
 
-def state_dict(model):
-    """A CPU copy of the weights (a copy even on the CPU, where .cpu() would alias the live tensors)."""
-    model = getattr(model, "_orig_mod", model)  # never save torch.compile's prefixed keys
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def require(out, *names):
-    """The path of the last of `names` in a run folder; a missing one stops with what to run."""
-    for name in names:
-        if not os.path.exists(path := os.path.join(out, name)):
-            raise SystemExit(f"{path} is missing: run `python train.py --out {out}` first")
-    return path
-
-
-def load_generator(out, dev, pretrained=False):
-    """(model, vq, cfg) from a finished run's folder: the RL weights when there are any (and not
-    `pretrained`), else the pretrained ones."""
-    require(out, "codebook.pt", "pretrain.pt")
-    ck = lambda name: load_checkpoint(os.path.join(out, f"{name}.pt"))
-    pre, cb = ck("pretrain"), ck("codebook")
-    # each stage's checkpoint holds every field up to its stage: the sampling settings (steps, CFG,
-    # temperatures) first appear in eval_pretrain.pt and the RL ones in rl.pt, so read the latest there is
-    later = [n for n in ("eval_pretrain", "rl", "eval_rl") if os.path.exists(os.path.join(out, f"{n}.pt"))]
-    cfg = Config(**(ck(later[-1]) if later else pre)["config"])
-    model = MaskedTransformer(model_config(cfg)).to(dev)
-    use_rl = os.path.exists(os.path.join(out, "rl.pt")) and not pretrained
-    model.load_state_dict((ck("rl") if use_rl else pre)["state"])
-    vq = VQCodebook(cfg.codebook_size, cfg.patch)
-    vq.load_state_dict(cb["state"])
-    return model.eval(), vq.to(dev), cfg
-
-
-def load_shortcut(out, dev):
-    """(shortcut net, its checkpoint dict: state, config, table, ...) from a finished run's shortcut.pt,
-    built at the sizes it was trained at (f_in maps d_model to the bottleneck width)."""
-    ck = load_checkpoint(require(out, "shortcut.pt"))
-    width, d_model = ck["state"]["f_in.weight"].shape
-    net = shortcut.Shortcut(d_model, width)
-    net.load_state_dict(ck["state"])
-    return net.to(dev).eval(), ck
-
-
 if __name__ == "__main__":
     # python config.py --preset gpu --rl-lr 3e-5: print the settings train.py would run with
+    import runs
     cfg = parse_config(None, "Print the Config train.py would run with for these flags.")
     for f in dataclasses.fields(cfg):
         print(f"{f.name:>22} = {getattr(cfg, f.name)!r}")
-    print(f"{'device':>22} -> {pick_device(cfg.device)}")
+    print(f"{'device':>22} -> {runs.pick_device(cfg.device)}")

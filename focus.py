@@ -54,9 +54,7 @@ import torch.nn.functional as F
 
 import grpo
 
-# ----------------------------------------------------------------------------------
-# Critical steps (MaskFocus)
-
+# ---- Critical steps (MaskFocus)
 
 def step_similarity(traj, embeddings):
     """(B, T): cosine of each step's predicted clean image x0_t to the final image, in embedding space.
@@ -101,9 +99,7 @@ def first_commit(traj, is_object):
     return torch.where(found, first // N, none), torch.where(found, first % N, none)
 
 
-# ----------------------------------------------------------------------------------
-# Entropy routing (MaskFocus)
-
+# ---- Entropy routing (MaskFocus)
 
 def entropy_temperature(logits, entropy, masked):
     """Per-token temperatures (B, N) for sample(..., token_temperature=entropy_temperature).
@@ -115,9 +111,7 @@ def entropy_temperature(logits, entropy, masked):
     return torch.where(low[:, None], tau, torch.ones_like(tau))
 
 
-# ----------------------------------------------------------------------------------
-# Critical tokens and dynamic weights (GCPO, adapted)
-
+# ---- Critical tokens and dynamic weights (GCPO, adapted)
 
 def commit_step(traj):
     """(B, N): the step at which each position was committed."""
@@ -211,9 +205,7 @@ def token_weights(logp, ref_logp, mask=None, order=None):
         return torch.where(m > 0, w, torch.ones_like(w))
 
 
-# ----------------------------------------------------------------------------------
-# What grpo.rl_step takes: the steps to score, and GCPO's token hooks
-
+# ---- What grpo.rl_step takes: the steps to score, and GCPO's token hooks
 
 def focus_steps(embeddings, k, per_sample=False):
     """grpo.rl_step's `steps` for MaskFocus: traj -> its k critical steps (the batch's, or each sample's own).
@@ -230,59 +222,40 @@ def gcpo_hooks(group_size, embeddings, frac=0.3):
 
 
 if __name__ == "__main__":
-    # python focus.py --ckpt out: which steps and tokens focus.py picks on a finished run's rollouts
+    # python focus.py --ckpt out: the steps MaskFocus would score on a finished run's rollouts, and a picture of one
     import argparse
-    import collections
     import os
 
-    import config
     import probe
     import report
+    import runs
     import world
     from model import encode_prompts
     from sample import sample
 
-    ap = argparse.ArgumentParser(description="Which steps and tokens focus.py picks, on a train.py checkpoint.")
+    ap = argparse.ArgumentParser(description="Which steps focus.py picks on rollouts of a run made by train.py.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     ap.add_argument("--pretrained", action="store_true", help="the pretrained weights instead of the RL ones")
-    ap.add_argument("--batches", type=int, default=20, help="rollout batches (grammar prompts) to pool")
-    ap.add_argument("--prompts", type=int, default=8, help="prompts per batch, each sampled --group times")
-    ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps T (default: the checkpoint's)")
+    for name, default, what in [("batches", 20, "rollout batches"), ("prompts", 8, "prompts per batch"),
+                                ("group", 8, "samples per prompt"), ("k", 4, "critical steps"),
+                                ("steps", None, "sampling steps T (default: the run's)")]:
+        ap.add_argument(f"--{name}", type=int, default=default, help=what)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    if min(args.batches, args.prompts) < 1 or args.group < 2:
-        ap.error("--batches and --prompts must be at least 1 and --group at least 2 (critical tokens compare a group)")
-    dev = config.pick_device(args.device)
-    model, vq, cfg = config.load_generator(args.ckpt, dev, pretrained=args.pretrained)
-    T = args.steps = cfg.sample_steps if args.steps is None else args.steps
-    if not 1 <= args.k <= T <= model.cfg.n_tokens:
-        ap.error(f"need 1 <= --k <= --steps <= {model.cfg.n_tokens} image tokens, got k={args.k}, steps={T}")
-    g, g_prompts, picked, gains, sims = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1), [], [], []
-    label = probe.part_labels(vq, cfg.image_size, cfg.grid)  # what each code is a part of: (colour, shape) or None
+    model, vq, cfg = runs.load_generator(args.ckpt, runs.pick_device(args.device), pretrained=args.pretrained)
+    T, dev = cfg.sample_steps if args.steps is None else args.steps, vq.codes.device
+    if min(args.batches, args.prompts) < 1 or args.group < 2 or not 1 <= args.k <= T <= model.cfg.n_tokens:
+        ap.error(f"need 1 <= --k <= --steps (the run's {T}), --batches, --prompts >= 1 and --group >= 2; got {args}")
+    g, g_prompts, gains = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1), []
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
         tokens, traj = sample(model, encode_prompts(prompts).to(dev), T, cfg.cfg_scale, cfg.temperature,
                               cfg.choice_temperature, generator=g, record=True)
         gains.append(information_gain(traj, vq.codes))
-        sims.append(step_similarity(traj, vq.codes).mean(0))
-        picked += critical_steps(gains[-1], args.k)
-    n_picked = collections.Counter(picked)
-    first = first_commit(traj, torch.tensor([x is not None for x in label]))[0]  # the last batch's first object part
-    rows = [("masked at input", (traj.states == model.mask_id).sum(-1)[:, 0].tolist(), "{:7d}"),
-            ("mean s_t", torch.stack(sims).mean(0).tolist(), "{:7.3f}"), ("mean gain", torch.stack(gains).mean(0).tolist(),
-            "{:7.3f}"), ("times picked", [n_picked[t] for t in range(T)], "{:7d}")]
-    print(f"{args.batches} batches of {args.prompts} prompts x G={args.group}, T={T}, k={args.k}")
-    for name, values, fmt in [("step", list(range(T)), "{:7d}")] + rows:
-        print(f"{name:16s}" + "".join(fmt.format(v) for v in values))
-    crit = critical_tokens(traj, args.group, 0.3, vq.codes)
-    side = math.isqrt(crit.shape[1])
-    print(f"the first part of an object is committed at step {first[first >= 0].float().mean():.1f} on average; "
-          f"critical tokens of the last batch's first sample ({int(crit[0].sum())} of {crit.shape[1]}):")
-    for row in crit[0].view(side, side).tolist():
-        print("  " + " ".join("#" if c else "." for c in row))
-    print(probe.report(model, cfg, label))  # binding and relations on the empty board (probe.py)
+    gain = torch.stack(gains).mean(0)
+    print(f"mean information gain per step (T={T}): " + " ".join(f"{x:.3f}" for x in gain.tolist()))
+    print(f"critical steps (k={args.k}) of the mean: {critical_steps(gain, args.k)}")
+    print(probe.report(model, cfg, probe.part_labels(vq, cfg.image_size, cfg.grid)))  # binding and relations
     path = os.path.join(args.ckpt, "focus_demo.png")
     report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), step_similarity(traj, vq.codes)[0],
                             critical_steps(information_gain(traj, vq.codes, per_sample=True)[0], args.k), path)

@@ -124,26 +124,36 @@ def same_shape(what, *xs):
     return shapes[0]
 
 
-def pool_mean(x, mask, pool="token"):
-    """Mean of x over `mask`, both (B, S, N) or (B, N). "token": one mean over every masked entry;
-    "step": MaskFocus's pooling, a mean over each scored step s (x[:, s], all samples) and then the mean
-    over the steps that score anything, so every step weighs the same whatever its number of tokens.
-    (MaskFocus sums the per-step means, one backward each; the mean differs only by the factor S.)"""
-    if pool == "token" or x.ndim == 2:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+def pool_weights(mask, pool="token"):
+    """The pooling as weights (B, S, N) (or (B, N)) that sum to 1 over the scored entries of `mask`, so that a
+    pooled mean is (x * weights).sum(), and a micro-batch's share of it is the sum over its own rows (gradient
+    accumulation stays exact). "token": one mean over every masked entry; "step": MaskFocus's pooling, a mean
+    over each scored step s (x[:, s], all samples) and then the mean over the steps that score anything, so
+    every step weighs the same whatever its number of tokens. (MaskFocus sums the per-step means, one backward
+    each; the mean differs only by the factor S.)"""
+    mask = mask.float()
+    if pool == "token" or mask.ndim == 2:
+        return mask / mask.sum().clamp(min=1)
     if pool != "step":
         raise ValueError(f"pool must be 'token' or 'step', got {pool!r}")
-    n = mask.sum((0, 2))  # (S,) tokens scored at each step slot
-    per_step = (x * mask).sum((0, 2)) / n.clamp(min=1)  # (S,)
-    return per_step.sum() / (n > 0).sum().clamp(min=1)
+    n = mask.sum((0, 2), keepdim=True)  # (1, S, 1) tokens scored at each step slot
+    return mask / n.clamp(min=1) / (n > 0).sum().clamp(min=1)
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps=0.2, beta=0.01, pool="token"):
+def pool_mean(x, mask, pool="token"):
+    """Mean of x over `mask`, both (B, S, N) or (B, N), pooled as pool_weights says."""
+    return (x * pool_weights(mask, pool)).sum()
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps=0.2, beta=0.01, pool="token",
+              share=None):
     """Per token: -min(rho A, clip(rho, 1-eps, 1+eps) A) * w + beta * (exp(ref - logp) - (ref - logp) - 1),
     rho = exp(logp - old_logp); averaged over `mask` by pool_mean (pool "token": the token-level mean;
     "step": a token mean per scored step, then the mean over steps).
-    logp, old_logp, ref_logp, mask, weights: (B, S, N) or (B, N); advantages: (B,)."""
-    shape = same_shape("logp, old_logp, ref_logp, mask (and weights)", logp, old_logp, ref_logp, mask, weights)
+    logp, old_logp, ref_logp, mask, weights: (B, S, N) or (B, N); advantages: (B,). share: for a micro-batch,
+    these rows of the whole batch's pool_weights (then the loss is this micro-batch's part of the whole mean)."""
+    shape = same_shape("logp, old_logp, ref_logp, mask (and weights, share)", logp, old_logp, ref_logp, mask, weights,
+                       share)
     if tuple(advantages.shape) != shape[:1]:
         raise ValueError(f"logp is {shape}, so advantages must be (B,) = {shape[:1]}, got {tuple(advantages.shape)}")
     mask = mask.float()
@@ -154,7 +164,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
         surrogate = surrogate * weights
     d = ref_logp - logp
     kl = torch.exp(d) - d - 1  # k3 estimator, >= 0
-    loss = pool_mean(surrogate + beta * kl, mask, pool)
+    share = pool_weights(mask, pool) if share is None else share
+    loss = ((surrogate + beta * kl) * share).sum()
     with torch.no_grad():  # the logged means are per token, whatever the pooling
         clipped = ((rho - 1).abs() > clip_eps).float()
         stats = dict(kl=pool_mean(kl, mask).item(), clip_ratio=pool_mean(clipped, mask).item(),
@@ -184,7 +195,7 @@ def policy_logp(model, traj, steps, estimator, masks):
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
             estimator="remask", mu=1, mask_floor=0.6, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
-            pick_tokens=None, weigh_tokens=None, pool="token"):
+            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0):
     """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
@@ -194,6 +205,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     Optional hooks (focus.py): pick_tokens(traj) -> (B, N) bool restricts the loss to those positions;
     weigh_tokens(logp, ref, mask, traj) -> weights (B, S, N) for grpo_loss, given every scored position
     (`mask` before pick_tokens, as GCPO weighs before its loss mask). pool: grpo_loss's pooling.
+    micro_batch: rollouts per forward and backward, the gradient accumulated (0: all at once; the same update).
     Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
@@ -217,17 +229,27 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     if pick_tokens is not None:
         mask = mask & pick_tokens(traj)[:, None]  # (B, S, N): only the chosen positions count
     model.train()
-    stats, skipped = {}, 0
+    stats, skipped, micro = {}, 0, micro_batch or B
     for j in range(mu):
         part = slice(j, j + 1) if estimator == "maskgrpo" else slice(None)  # MaskGRPO: iteration j, mask j
-        logp, _ = policy_logp(model, traj, chosen, estimator, None if masks is None else masks[:, part])
-        w = None if weights is None else weights[:, part]
-        loss, stats = grpo_loss(logp, old[:, part], ref[:, part], adv, mask[:, part], w, clip_eps, beta, pool)
-        if not torch.isfinite(loss):
-            skipped += 1  # a non-finite loss never reaches the weights
-            continue
+        share = pool_weights(mask[:, part], pool)  # the whole batch's pooling; each micro-batch backs its rows' part
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        acc, finite = {}, True
+        for rows in (slice(i, i + micro) for i in range(0, B, micro)):  # gradient accumulation over micro-batches
+            m, w = (None if x is None else x[rows, part] for x in (masks, weights))
+            logp, _ = policy_logp(model, traj.rows(rows), chosen if chosen is None else chosen[rows], estimator, m)
+            loss, st = grpo_loss(logp, old[rows, part], ref[rows, part], adv[rows], mask[rows, part], w, clip_eps,
+                                 beta, pool, share[rows])
+            if not torch.isfinite(loss):
+                finite = False  # a non-finite loss never reaches the weights
+                break
+            loss.backward()
+            for k, v in st.items():  # per-token means of the micro-batch -> of the batch
+                acc[k] = acc.get(k, 0.0) + v * (mask[rows, part].sum() / mask[:, part].sum().clamp(min=1)).item()
+        if not finite:
+            skipped += 1
+            continue
+        stats = acc
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         opt.step()
     model.eval()
@@ -247,37 +269,32 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
 
 
 if __name__ == "__main__":
+    # python grpo.py --ckpt out: a few GRPO updates on a finished run, against its pretrained weights as reference
     import argparse
-    import time
-
-    import config
     import rewards
+    import runs
     import world
     from model import encode_prompts
 
     ap = argparse.ArgumentParser(description="A few GRPO updates on a checkpoint made by train.py; prints the reward.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
-    ap.add_argument("--updates", type=int, default=20)
-    ap.add_argument("--prompts", type=int, default=8, help="prompts per update")
-    ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    for name, kind, default in [("updates", int, 20), ("prompts", int, 8), ("group", int, 8), ("lr", float, 1e-4)]:
+        ap.add_argument(f"--{name}", type=kind, default=default)
     ap.add_argument("--estimator", default="remask", choices=["remask", "replay", "maskgrpo"])
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     if min(args.updates, args.prompts) < 1 or args.group < 2:
         ap.error("--updates and --prompts must be at least 1 and --group at least 2 (advantages compare a group)")
-    dev = config.pick_device(args.device)
-    model, vq, cfg = config.load_generator(args.ckpt, dev)
-    ref = config.load_generator(args.ckpt, dev, pretrained=True)[0].requires_grad_(False)  # the KL reference
+    model, vq, cfg = runs.load_generator(args.ckpt, dev := runs.pick_device(args.device))
+    ref = runs.load_generator(args.ckpt, dev, pretrained=True)[0].requires_grad_(False)  # the KL reference
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     g, g_prompts = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(0)
+    kw = dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
+              choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode)
     for u in range(args.updates):
-        prompts = world.sample_prompts(args.prompts, g_prompts)
-        score = lambda tok, p=prompts: rewards.reward(vq.decode(tok).cpu(), [q for q in p for _ in range(args.group)])
-        t0 = time.time()
-        s = rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, args.group,
-                    dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
-                         choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode),
+        prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
+        score = lambda tok: rewards.reward(vq.decode(tok).cpu(), prompts)
+        s = rl_step(model, ref, opt, encode_prompts(prompts[::args.group]).to(dev), score, args.group, kw,
                     estimator=args.estimator, generator=g)
         print(f"update {u}: reward {s['reward']:.3f} acc {s['accuracy']:.2f} kl {s['kl']:.4f} "
-              f"clip {s['clip_ratio']:.2f} zero-std {s['frac_reward_zero_std']:.2f} ({time.time() - t0:.1f}s)")
+              f"clip {s['clip_ratio']:.2f} zero-std {s['frac_reward_zero_std']:.2f}")

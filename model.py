@@ -2,17 +2,14 @@
 The two models, in reading order: the bidirectional masked transformer that generates VQ tokens
 MaskGIT-style, its training loss, and the toy VQ codebook that turns images into tokens.
 
-MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image tokens]
-(F.scaled_dot_product_attention, no causal mask). It predicts a code for every image
-position; the MaskGIT loss only scores the masked ones. Its sizes all come from a ModelConfig
-(vocabulary, prompt length, codebook, grid), so the class copies into another project with this
-file alone (the grammar is imported only by encode_prompts, which tokenises prompts word by word;
-an all-<null> prompt, learned by dropping prompts during pretraining, is the unconditional branch
-for classifier-free guidance). Image positions are known two ways: a learned absolute embedding and
-a 2-D rotary embedding (RoPE over row and column; the prompt words are not rotated). The rotary part
-makes attention see relative offsets, so "the token above me is the top arc of a red circle" is
-learned once for every place on the grid: with objects of 2x2 to 3x3 tokens that is what lets parts
-agree. Simplified versus MaskGIT: no timestep input (the mask pattern says it all), no weight tying.
+MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image tokens] that predicts
+a code for every image position; the MaskGIT loss scores the masked ones. Its sizes all come from a
+ModelConfig, so it copies into another project with this file alone (only encode_prompts imports the
+grammar; the all-<null> prompt, learned by dropping prompts in pretraining, is CFG's unconditional
+branch). Positions are known two ways: a learned absolute embedding and a 2-D rotary one (RoPE over row
+and column; prompt words are not rotated), which makes attention see relative offsets, so "the token
+above me is the top arc of a red circle" is learned once for every place: what lets an object's 2x2 to
+3x3 parts agree. Simplified versus MaskGIT: no timestep input (the mask pattern says it all), no tying.
 
 VQCodebook: instead of a trained VQ-GAN we fit k-means to the non-overlapping p x p patches of
 rendered images. Each patch becomes the id of its nearest centroid, and decoding pastes the
@@ -31,9 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
-# ----------------------------------------------------------------------------------
-# Prompt tokenisation (the grammar's words; every prompt fits in PROMPT_LEN words)
+# ---- Prompt tokenisation (the grammar's words; every prompt fits in PROMPT_LEN words)
 
 WORDS = ("<pad>", "<null>", "a", "and", "of", "two", "three", "four", "red", "green", "blue", "yellow",
          "circle", "square", "triangle", "circles", "squares", "triangles", "left", "right", "above", "below")
@@ -57,10 +54,9 @@ def check_prompt_ids(prompt_ids, batch=None, length=PROMPT_LEN):
     if not isinstance(prompt_ids, torch.Tensor):
         raise ValueError(f"prompt_ids must be the tensor encode_prompts(list of prompts) makes, "
                          f"got {type(prompt_ids).__name__}")
-    if prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != length or (
-            batch is not None and prompt_ids.shape[0] != batch):
-        want = f"({'B' if batch is None else batch}, {length}) long"
-        raise ValueError(f"prompt_ids must be {want} (encode_prompts), "
+    if prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != length or batch not in (
+            None, prompt_ids.shape[0]):
+        raise ValueError(f"prompt_ids must be ({'B' if batch is None else batch}, {length}) long (encode_prompts), "
                          f"got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
 
 
@@ -69,8 +65,7 @@ def null_prompts(n, device=None):
     return torch.full((n, PROMPT_LEN), WORD_ID["<null>"], dtype=torch.long, device=device)
 
 
-# ----------------------------------------------------------------------------------
-# Masked transformer
+# ---- Masked transformer
 
 @dataclass
 class ModelConfig:
@@ -184,18 +179,14 @@ def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def cosine_mask_ratio(u):
-    """MaskGIT's training schedule: u ~ U(0, 1) -> fraction of tokens masked, cos(pi/2 * u)."""
-    return torch.cos(math.pi / 2 * u)
-
-
 def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1):
-    """Mask a cosine-schedule fraction of each row (at least one token), cross-entropy on masked tokens only.
+    """Mask a cosine-schedule fraction cos(pi/2 u), u ~ U(0, 1), of each row (at least one token); cross-entropy on
+    the masked tokens only.
     A `prompt_drop` fraction of rows sees the null prompt, which teaches the unconditional branch."""
     B, N = tokens.shape
     dev = tokens.device
     u = torch.rand(B, generator=generator, device=dev)
-    n_mask = (cosine_mask_ratio(u) * N).ceil().clamp(1, N)  # (B,)
+    n_mask = (torch.cos(math.pi / 2 * u) * N).ceil().clamp(1, N)  # (B,) MaskGIT's cosine schedule: cos(pi/2 u) masked
     rank = torch.rand(B, N, generator=generator, device=dev).argsort(1).argsort(1)  # random order per row
     masked = rank < n_mask[:, None]  # (B, N) exactly n_mask per row
     inp = torch.where(masked, torch.full_like(tokens, model.mask_id), tokens)
@@ -205,8 +196,7 @@ def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1):
     return F.cross_entropy(logits[masked].float(), tokens[masked])
 
 
-# ----------------------------------------------------------------------------------
-# VQ codebook (k-means on patches)
+# ---- VQ codebook (k-means on patches)
 
 
 def patchify(images, p):
@@ -254,10 +244,8 @@ class VQCodebook(nn.Module):
         """k-means (k-means++ seeding, count-weighted Lloyd steps) on the distinct patches of `images`."""
         x = patchify(images.float().cpu(), patch).reshape(-1, 3 * patch * patch)
         x, counts = torch.unique((x * 255).round(), dim=0, return_counts=True)  # most patches repeat
-        x, w = x / 255, counts.float()
-        K = codebook_size
+        x, w, K, vq = x / 255, counts.float(), codebook_size, cls(codebook_size, patch)
         if len(x) <= K:  # every distinct patch gets its own code (lossless); spare codes repeat one
-            vq = cls(codebook_size, patch)
             vq.codes.copy_(torch.cat([x, x[torch.randint(len(x), (K - len(x),), generator=generator)]]))
             return vq
         # k-means++: each new centre drawn with probability ~ squared distance to the nearest one
@@ -268,21 +256,13 @@ class VQCodebook(nn.Module):
             i = torch.multinomial(d2 + 1e-12, 1, generator=generator)
             codes = torch.cat([codes, x[i]])
             d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
-        steps = range(iters)
-        if progress:
-            from tqdm import tqdm
-            steps = tqdm(steps, desc="k-means", leave=False)
-        for _ in steps:
+        for _ in tqdm(range(iters), desc="k-means", leave=False, disable=not progress):
             a = _nearest(x, codes)
             sums = torch.zeros_like(codes).index_add_(0, a, x * w[:, None])
             n = torch.zeros(K).index_add_(0, a, w)
-            live = n > 0
-            codes[live] = sums[live] / n[live, None]
-            dead = (~live).nonzero()[:, 0]
-            if len(dead):  # re-seed empty codes at the worst-explained patches
-                err = ((x - codes[a]) ** 2).sum(1)
-                codes[dead] = x[err.topk(len(dead)).indices]
-        vq = cls(codebook_size, patch)
+            codes[n > 0] = sums[n > 0] / n[n > 0, None]
+            if len(dead := (n == 0).nonzero()[:, 0]):  # re-seed empty codes at the worst-explained patches
+                codes[dead] = x[((x - codes[a]) ** 2).sum(1).topk(len(dead)).indices]
         vq.codes.copy_(codes)
         return vq
 
@@ -302,22 +282,18 @@ class VQCodebook(nn.Module):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Fit the VQ codebook and check that verdicts survive encode -> decode.")
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--codebook-size", type=int, default=64)
-    ap.add_argument("--patch", type=int, default=4)
-    ap.add_argument("--grid", type=int, default=4, help="objects on this pixel grid (1: anywhere)")
-    ap.add_argument("--fit-images", type=int, default=4000)
-    ap.add_argument("--n", type=int, default=2000, help="held-out scenes to check")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    # python model.py --image-size 64 --codebook-size 256: fit the codebook; do the verifier's verdicts survive it?
     import rewards
     import world
+    ap = argparse.ArgumentParser(description="Fit the VQ codebook and check that verdicts survive encode -> decode.")
+    for name, default in [("image-size", 32), ("codebook-size", 64), ("patch", 4), ("grid", 4), ("fit-images", 4000),
+                          ("n", 2000), ("seed", 0)]:  # grid: objects on this pixel grid (1: anywhere); n: checked
+        ap.add_argument(f"--{name}", type=int, default=default)
+    args = ap.parse_args()
     world.refuse_bad_scene_args(ap, args)
-    if min(args.fit_images, args.patch) < 1 or args.codebook_size < 2:
-        ap.error("--fit-images and --patch must be at least 1 and --codebook-size at least 2")
-    if args.image_size % args.patch:
-        ap.error(f"--image-size {args.image_size} must be a multiple of --patch {args.patch}")
+    if min(args.fit_images, args.patch) < 1 or args.codebook_size < 2 or args.image_size % args.patch:
+        ap.error(f"--fit-images and --patch must be at least 1, --codebook-size at least 2, and "
+                 f"--image-size {args.image_size} must be a multiple of --patch {args.patch}")
     g = torch.Generator().manual_seed(args.seed)
     train = world.render(world.sample_prompts(args.fit_images, g), args.image_size, g, grid=args.grid)
     vq = VQCodebook.fit(train, args.codebook_size, args.patch, g, progress=True)
@@ -325,11 +301,8 @@ if __name__ == "__main__":
     images = world.render(prompts, args.image_size, g, grid=args.grid)
     wrong = [world.perturb_prompt(p, g) for p in prompts]
     noisy = (images + 0.03 * torch.randn(images.shape, generator=g)).clamp(0, 1)
-    print(f"codebook K={args.codebook_size}, {args.patch}x{args.patch} patches, fitted on {args.fit_images} "
-          f"{args.image_size}x{args.image_size} scenes (grid {args.grid})")
     for name, x in (("clean", images), ("noise std 0.03", noisy)):
         recon = vq.decode(vq.encode(x))
-        ok = (rewards.reward(recon, prompts) >= 1).float().mean()
-        rej = (rewards.reward(recon, wrong) < 1).float().mean()
+        ok, rej = [(rewards.reward(recon, p) >= 1).float().mean() for p in (prompts, wrong)]
         print(f"{name:>15}: reconstruction MSE {((recon - images) ** 2).mean():.2e}, "
-              f"true prompt satisfied {ok:.2%}, minimally wrong prompt rejected {rej:.2%}")
+              f"true prompt satisfied {ok:.2%}, minimally wrong prompt rejected {1 - rej:.2%}")

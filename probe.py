@@ -142,13 +142,13 @@ def report(model, cfg, labels):
 if __name__ == "__main__":
     import argparse
 
-    import config
+    import runs
 
     ap = argparse.ArgumentParser(description="Binding and relations on the empty board, for a train.py run.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     ap.add_argument("--pretrained", action="store_true", help="the pretrained weights instead of the RL ones")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    dev = config.pick_device(args.device)
-    model, vq, cfg = config.load_generator(args.ckpt, dev, pretrained=args.pretrained)
+    dev = runs.pick_device(args.device)
+    model, vq, cfg = runs.load_generator(args.ckpt, dev, pretrained=args.pretrained)
     print(report(model, cfg, part_labels(vq, cfg.image_size, cfg.grid)))

@@ -278,13 +278,13 @@ def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
     """The README's pictures from a finished run `out`: unmasking.gif (four prompts decoded side by side by
     the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below) and
     shortcut.png (vanilla T steps above, the shortcut at half the base calls below, if the run trained one)."""
-    import config
+    import runs
     from model import encode_prompts
     from sample import sample
     from shortcut import sample_with_shortcut
     import rewards
     os.makedirs(folder, exist_ok=True)
-    model, vq, cfg = config.load_generator(out, dev)
+    model, vq, cfg = runs.load_generator(out, dev)
     ids = encode_prompts(prompts).to(dev)
     kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
     gen = lambda: torch.Generator(dev).manual_seed(seed)
@@ -298,12 +298,12 @@ def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
         names = [name for name in rows for _ in prompts]
         save_grid(images, [f"{n}: {v}" for n, v in zip(names, verdicts)], os.path.join(folder, path), cols=len(prompts))
 
-    pretrained = config.load_generator(out, dev, pretrained=True)[0]
+    pretrained = runs.load_generator(out, dev, pretrained=True)[0]
     rl = vq.decode(sample(model, ids, cfg.sample_steps, generator=gen(), **kw))
     two_rows("before_after_rl.png", {"pretrained": vq.decode(sample(pretrained, ids, cfg.sample_steps,
                                                                      generator=gen(), **kw)), "after RL": rl})
     if os.path.exists(os.path.join(out, "shortcut.pt")):
-        net, ck = config.load_shortcut(out, dev)
+        net, ck = runs.load_shortcut(out, dev)
         budget = max(2, cfg.sample_steps // 2)
         fast = vq.decode(sample_with_shortcut(model, net, ids, cfg.sample_steps, budget, generator=gen(),
                                               uncond=ck["config"]["sc_uncond"], **kw))
@@ -316,6 +316,7 @@ if __name__ == "__main__":
     import argparse
 
     import config
+    import runs
     ap = argparse.ArgumentParser(description="Rewrite OUT/report.md from the stage checkpoints in OUT; with "
                                              "--assets, also draw the README's pictures into assets/.")
     ap.add_argument("--out", default="out")
@@ -327,14 +328,14 @@ if __name__ == "__main__":
     for stage in ["pretrain", "eval_pretrain", "rl", "eval_rl", "sweep", "shortcut", "compare"]:
         path = os.path.join(args.out, f"{stage}.pt")
         if os.path.exists(path):
-            res[stage] = config.load_checkpoint(path)
+            res[stage] = runs.load_checkpoint(path)
             fields.update(res[stage]["config"])
     if "eval_pretrain" not in res:
         raise SystemExit(f"{args.out} has no finished pretraining and evaluation (pretrain.pt, eval_pretrain.pt)")
     cfg = config.Config(**fields, out=args.out, preset="(from checkpoints)")
-    vq_mse = config.load_checkpoint(os.path.join(args.out, "codebook.pt"))["mse"]
+    vq_mse = runs.load_checkpoint(os.path.join(args.out, "codebook.pt"))["mse"]
     write_report(cfg, torch.device("cpu"), vq_mse, res)
     print(f"wrote {args.out}/report.md")
     if args.assets:
-        write_assets(args.out, args.assets, config.pick_device(args.device))
+        write_assets(args.out, args.assets, runs.pick_device(args.device))
         print(f"wrote {args.assets}/: " + ", ".join(sorted(os.listdir(args.assets))))

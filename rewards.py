@@ -43,8 +43,7 @@ from world import (CATEGORIES, COLOR_NAMES, COLORS, MAX_SIZE, MIN_SIZE, PALETTE,
 
 BLOB = len(SHAPES)  # shape index of a component that is no legal shape
 
-# ----------------------------------------------------------------------------------
-# Verifier
+# ---- Verifier
 
 def check_images(images, n_prompts=None):
     if not isinstance(images, torch.Tensor):
@@ -259,8 +258,7 @@ def accuracy_report(rewards, prompts):
     return out
 
 
-# ----------------------------------------------------------------------------------
-# Quality metric (FID analogue)
+# ---- Quality metric (FID analogue)
 
 def quality_features(images):
     """(B, 3, H, H) -> (B, 224): 8x8 colour layout + 4x4 pooled |d/dx| and |d/dy| of grey level."""
@@ -292,37 +290,30 @@ def quality(images_a, images_b):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="The toy world: benchmark the verifier and draw a grid of verdicts.")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--n", type=int, default=2000, help="images in the benchmark")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--grid", type=int, default=1, help="objects on this pixel grid (train.py uses 4)")
-    ap.add_argument("--out", default="out/rewards_grid.png")
-    args = ap.parse_args()
+    # python rewards.py --image-size 32 --grid 4: the verifier on 2,000 renders (true and minimally wrong prompts)
     import os
+
+    from report import save_grid, verdict_captions
     from world import perturb_prompt, refuse_bad_scene_args, render, sample_prompts
-    refuse_bad_scene_args(ap, args)
+    ap = argparse.ArgumentParser(description="The toy world: benchmark the verifier and draw a grid of verdicts.")
+    for name, default in [("image-size", 64), ("n", 2000), ("seed", 0), ("grid", 1)]:  # grid: train.py uses 4
+        ap.add_argument(f"--{name}", type=int, default=default)
+    ap.add_argument("--out", default="out/rewards_grid.png")
+    refuse_bad_scene_args(ap, args := ap.parse_args())
     g = torch.Generator().manual_seed(args.seed)
     prompts = sample_prompts(args.n, g)
-    t0 = time.perf_counter()
     images = render(prompts, args.image_size, g, grid=args.grid)
-    t_render = time.perf_counter() - t0
+    wrong = [perturb_prompt(p, g) for p in prompts]
     reward(images[:16], prompts[:16])  # warm-up
     t0 = time.perf_counter()
-    r = reward(images, prompts)
-    t_reward = time.perf_counter() - t0
-    wrong = [perturb_prompt(p, g) for p in prompts]
-    rw = reward(images, wrong)
-    print(f"rendered {args.n} {args.image_size}x{args.image_size} scenes in {t_render:.2f}s")
-    print(f"reward: {args.n} images in {t_reward:.3f}s ({args.n / t_reward:,.0f} images/s, {torch.get_num_threads()} threads)")
+    r, rw = reward(images, prompts), reward(images, wrong)
+    print(f"reward: {2 * args.n} {args.image_size}x{args.image_size} images in {time.perf_counter() - t0:.3f}s "
+          f"({torch.get_num_threads()} threads)")
     noisy = (images + 0.03 * torch.randn(images.shape, generator=g)).clamp(0, 1)
     for name, x in (("clean", images), ("noise std 0.03", noisy)):
         ok, rej = (reward(x, prompts) >= 1).float().mean(), (reward(x, wrong) < 1).float().mean()
         print(f"{name:>15}: true prompt satisfied {ok:.2%}, minimally wrong prompt rejected {rej:.2%}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    k = 16  # half true prompts, half wrong ones
-    show_p = prompts[:k // 2] + wrong[:k // 2]
-    show_r = torch.cat([r[:k // 2], rw[:k // 2]])
-    from report import save_grid, verdict_captions
-    save_grid(torch.cat([images[:k // 2], images[:k // 2]]), verdict_captions(show_p, show_r), args.out)
+    save_grid(torch.cat([images[:8], images[:8]]), verdict_captions(prompts[:8] + wrong[:8], torch.cat([r[:8], rw[:8]])),
+              args.out)
     print(f"wrote {args.out} (top row: true prompts, bottom row: minimally wrong prompts)")

@@ -84,6 +84,14 @@ class Trajectory:
     cfg_scale: float
     temperature: float
 
+    def rows(self, r):
+        """The trajectory of samples r (a slice) only: a micro-batch of the rollouts."""
+        per_step = {k: None if v is None else v[:, r] for k, v in vars(self).items() if k in self.PER_STEP}
+        return Trajectory(**per_step, final=self.final[r], prompt_ids=self.prompt_ids[r], cfg_scale=self.cfg_scale,
+                          temperature=self.temperature)
+
+    PER_STEP = ("states", "committed", "tokens", "logp", "entropy", "x0", "features")
+
 
 def branch_features(model, state, prompt_ids, cfg_scale):
     """Final features (cB, N, D) for one step: with CFG the conditional rows, then the null prompt's."""
@@ -191,56 +199,50 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Sample from a checkpoint made by train.py: a PNG, a GIF, or a benchmark.")
-    ap.add_argument("--ckpt", "--out", dest="ckpt", default="out",
-                    help="train.py's output folder (codebook.pt, pretrain.pt / rl.pt)")
-    ap.add_argument("--prompt", default="a red circle left of a blue square")
-    ap.add_argument("--steps", type=int, default=None, help="sampling steps T (default: the checkpoint's)")
-    ap.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the checkpoint's)")
-    ap.add_argument("--temperature", type=float, default=None, help="(default: the checkpoint's)")
-    ap.add_argument("--mode", default="confidence", choices=["confidence", "stochastic"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=8, help="samples to draw for --prompt")
-    ap.add_argument("--bench", action="store_true", help="print images/s instead")
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--device", default=None)
-    args = ap.parse_args()
+    # python sample.py --prompt "two blue squares": samples of a finished run into a PNG and a GIF of the unmasking
     import os
+
+    import bench
+    import config
     import report
     import rewards
+    import runs
     import world
-    import config
     from model import encode_prompts
-    try:
-        world.parse_prompt(args.prompt)
-    except ValueError as e:
-        ap.error(str(e))
-    if min(args.n, args.batch) < 1:
-        ap.error(f"--n and --batch must be at least 1, got {args.n} and {args.batch}")
-    for opt, field, value in (("--temperature", "temperature", args.temperature), ("--cfg", "cfg_scale", args.cfg)):
-        if value is not None and (problem := config.out_of_range(field, value)):  # train.py's rule for the field
+
+    ap = argparse.ArgumentParser(description="Sample from a run made by train.py: a PNG and a GIF, or images/s.")
+    ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
+    ap.add_argument("--prompt", default="a red circle left of a blue square")
+    for name, kind, what in [("steps", int, "sampling steps T"), ("cfg", float, "CFG scale"), ("temperature", float, "")]:
+        ap.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the run's)")
+    ap.add_argument("--mode", default="confidence", choices=["confidence", "stochastic"])
+    ap.add_argument("--n", type=int, default=8, help="samples to draw of --prompt")
+    ap.add_argument("--bench", action="store_true", help="print images/s at --batch instead (bench.py)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    for opt, field, v in (("--temperature", "temperature", args.temperature), ("--cfg", "cfg_scale", args.cfg)):
+        if v is not None and (problem := config.out_of_range(field, v)):  # train.py's rule for the field
             ap.error(f"{opt} {problem}")
-    dev = config.pick_device(args.device)
-    model, vq, cfg = config.load_generator(args.ckpt, dev)
-    cfg_scale = cfg.cfg_scale if args.cfg is None else args.cfg
-    args.steps = cfg.sample_steps if args.steps is None else args.steps
-    if not 1 <= args.steps <= model.cfg.n_tokens:
-        ap.error(f"--steps must be between 1 and the {model.cfg.n_tokens} image tokens, got {args.steps}")
-    g = torch.Generator(dev).manual_seed(args.seed)
-    kw = dict(temperature=cfg.temperature if args.temperature is None else args.temperature,
-              choice_temperature=cfg.choice_temperature, mode=args.mode, generator=g)
-    if args.bench:  # bench.py does the measuring
-        import bench
+    if world.prompt_error(args.prompt):
+        ap.error(world.prompt_error(args.prompt))
+    model, vq, cfg = runs.load_generator(args.ckpt, dev := runs.pick_device(args.device))
+    T, w = args.steps or cfg.sample_steps, cfg.cfg_scale if args.cfg is None else args.cfg
+    temperature = cfg.temperature if args.temperature is None else args.temperature
+    if not 1 <= T <= model.cfg.n_tokens or args.steps == 0 or min(args.n, args.batch) < 1:
+        ap.error(f"--steps must be between 1 and the {model.cfg.n_tokens} image tokens, got {args.steps}; "
+                 f"--n and --batch at least 1, got {args.n} and {args.batch}")
+    kw = dict(temperature=temperature, choice_temperature=cfg.choice_temperature, mode=args.mode,
+              generator=torch.Generator(dev).manual_seed(args.seed))
+    if args.bench:
         ids = encode_prompts(world.sample_prompts(args.batch, torch.Generator().manual_seed(0))).to(dev)
-        per_s, ms, ops = bench.sampler_speed(model, ids, args.steps, cfg_scale, dev, **kw)
-        print(f"{dev.type}: batch {args.batch}, T={args.steps}, cfg {cfg_scale}: {per_s:,.1f} images/s "
+        per_s, ms, ops = bench.sampler_speed(model, ids, T, w, dev, **kw)
+        print(f"{dev.type}: batch {args.batch}, T={T}, cfg {w}: {per_s:,.1f} images/s "
               f"({ms:.2f} ms/image, median of 3 after a warm-up; {ops} aten ops per sampling call)")
     else:
-        ids = encode_prompts([args.prompt] * args.n).to(dev)
-        tokens, traj = sample(model, ids, args.steps, cfg_scale, record=True, **kw)
-        images = vq.decode(tokens)
-        r = rewards.reward(images, [args.prompt] * args.n)
-        png, gif = os.path.join(args.ckpt, "sample.png"), os.path.join(args.ckpt, "sample.gif")
-        report.save_grid(images, report.verdict_captions([args.prompt] * args.n, r), png)
-        report.save_gif(report.trajectory_frames(vq, traj), gif)
-        print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote {png} and {gif}")
+        tokens, traj = sample(model, encode_prompts([args.prompt] * args.n).to(dev), T, w, record=True, **kw)
+        r = rewards.reward(images := vq.decode(tokens), [args.prompt] * args.n)
+        report.save_grid(images, report.verdict_captions([args.prompt] * args.n, r), os.path.join(args.ckpt, "sample.png"))
+        report.save_gif(report.trajectory_frames(vq, traj), os.path.join(args.ckpt, "sample.gif"))
+        print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote sample.png and sample.gif in {args.ckpt}")

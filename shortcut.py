@@ -22,20 +22,15 @@ sampling step to the next, so most steps can skip the base model.
 The net is the paper's code's, trained at its lr 1e-4, with three differences: the output projection
 starts at zero (delta = 0: the shortcut begins as the feature cache); the new tokens are keys through an
 attention mask over all positions (the same as gathering them), and a step that commits nothing leaves
-the cross-attention out; no dropout (the paper's 0.1). Our first version modulated all four LayerNorms
-with adaLN, added an always-attendable null key/value and trained at lr 1e-3: it fitted the held-out
-features better (one-step MSE 0.0093 against 0.0120) but sampled no more accurately (docs/FINDINGS.md,
-section 7), so the paper's design stands.
+the cross-attention out; no dropout (the paper's 0.1). (A variant with adaLN on all four LayerNorms
+fitted the features better but sampled no better: docs/FINDINGS.md section 7.)
 
-Simplified versus the paper: one block, trained only on trajectories with the step
-count it is used at (train.py's sample_steps); the CFG branches share one shortcut, trained on both
-(each propagates its own features, the unconditional one sees the same committed tokens); no KV cache
-tricks in the base model. Changed from the paper: train.py samples with uncond="cache" (only the
-conditional branch takes the shortcut; the null-prompt branch keeps its last base features), which
-measured up to 3 points more accurate here, nearly all of it on counting prompts (README); --sc-uncond
-shortcut is the paper's way. (Exact features in the null-prompt branch, from an extra base call, did
-not help either: docs/FINDINGS.md section 4.) Tried and removed: placing the base calls where the base features
-move most instead of evenly (no better over three seeds of the GPU preset: docs/FINDINGS.md section 5).
+Simplified versus the paper: one block, trained only at the step count it is used at; the CFG branches
+share one shortcut, trained on both; no KV-cache tricks in the base model. Changed: train.py samples with
+uncond="cache" (only the conditional branch takes the shortcut; the null-prompt branch keeps its last base
+features), up to 3 points more accurate here, mostly on counting prompts; --sc-uncond shortcut is the
+paper's way. Tried and removed (docs/FINDINGS.md sections 4, 5): exact null-prompt features from an extra
+base call, and base calls placed where the features move most instead of evenly.
 """
 
 import argparse
@@ -50,9 +45,7 @@ from tqdm import tqdm
 from model import autocast, null_prompts
 from sample import branch_features, check_sampling, commit_counts, guided_logits, sample_step
 
-# ----------------------------------------------------------------------------------
-# The model
-
+# ---- The model
 
 def ratio_embedding(ratio, dim):
     """Sinusoidal embedding of the mask ratio in [0, 1], scaled by 1000 as a diffusion timestep: (B,) -> (B, dim)."""
@@ -113,9 +106,7 @@ class Shortcut(nn.Module):
         return prev + self.out(h)  # (B, N, D)
 
 
-# ----------------------------------------------------------------------------------
-# Budgeted sampling (base model, shortcut, or cache between base calls)
-
+# ---- Budgeted sampling (base model, shortcut, or cache between base calls)
 
 def budget_steps(N, B):
     """The steps (of N) that call the base model with a budget of B calls: 0 and round(N k / B), k = 1..B-1
@@ -175,9 +166,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     return (state, {k: torch.stack(v) for k, v in rec.items()}) if record else state
 
 
-# ----------------------------------------------------------------------------------
-# Training on the base model's trajectories
-
+# ---- Training on the base model's trajectories
 
 @torch.no_grad()
 def collect(model, prompt_ids, steps, cfg_scale, temperature, choice_temperature, generator, batch=256):
@@ -191,8 +180,8 @@ def collect(model, prompt_ids, steps, cfg_scale, temperature, choice_temperature
         _, rec = sample_with_shortcut(model, None, ids, steps, steps, cfg_scale, temperature,
                                       choice_temperature, generator=generator, record=True)
         out["feats"].append(rec["feats"].half())
-        out["states"].append(rec["states"].repeat(1, c, 1))
-        out["committed"].append(rec["committed"].repeat(1, c, 1))
+        for k in ("states", "committed"):  # the same for both branches
+            out[k].append(rec[k].repeat(1, c, 1))
         out["traj"].append(torch.arange(i, i + len(ids), device=ids.device).repeat(c)[None])
     out = {k: torch.cat(v, 1) for k, v in out.items()}
     out["traj"] = out["traj"][0]
@@ -269,48 +258,42 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
 
 if __name__ == "__main__":
     # python shortcut.py --ckpt out: the run's speed table; --prompt P: P sampled both ways into shortcut.png
-    import config
     import report
     import rewards
+    import runs
     import world
     from bench import time_interleaved
     from model import encode_prompts
-    ap = argparse.ArgumentParser(description="The shortcut of a finished `python train.py` run: its speed table, or "
-                                             "with --prompt, vanilla and shortcut samples of one prompt side by side.")
+    ap = argparse.ArgumentParser(description="A run's shortcut: its speed table, or --prompt sampled both ways.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder (shortcut.pt)")
     ap.add_argument("--prompt", default=None, help="sample this prompt both ways and write shortcut.png")
     ap.add_argument("--budget", type=int, default=None, help="base-model calls (default: half the steps, at least 2)")
-    ap.add_argument("--n", type=int, default=8, help="samples of --prompt per sampler: the timed batch (the PNG shows 8)")
+    ap.add_argument("--n", type=int, default=8, help="samples per sampler: the timed batch (the PNG shows 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    dev = config.pick_device(args.device)
-    net, ck = config.load_shortcut(args.ckpt, dev)
+    net, ck = runs.load_shortcut(args.ckpt, dev := runs.pick_device(args.device))
     if args.prompt is None:
         print("\n".join(report.speed_table_lines(ck["table"])))
         raise SystemExit
-    model, vq, cfg = config.load_generator(args.ckpt, dev)
+    model, vq, cfg = runs.load_generator(args.ckpt, dev)
     T = cfg.sample_steps
     budget = min(T, max(2, T // 2)) if args.budget is None else args.budget  # T=12: 6, the table's last
-    if not 1 <= budget <= T or args.n < 1:
-        ap.error(f"--budget must be between 1 and the run's {T} sampling steps and --n at least 1, got {budget} and {args.n}")
-    try:
-        world.parse_prompt(args.prompt)
-    except ValueError as e:
-        ap.error(str(e))
-    ids, show = encode_prompts([args.prompt] * args.n).to(dev), min(args.n, 8)  # a large --n is a benchmark
+    if not 1 <= budget <= T or args.n < 1 or world.prompt_error(args.prompt):
+        ap.error(world.prompt_error(args.prompt) or f"--budget must be between 1 and the run's {T} sampling steps and "
+                                                    f"--n at least 1, got {budget} and {args.n}")
+    ids, show, prompts = encode_prompts([args.prompt] * args.n).to(dev), min(args.n, 8), [args.prompt] * args.n
+    samplers = {f"vanilla, {T} steps": T, f"shortcut, {budget} base calls": budget}
     kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
               uncond=ck["config"]["sc_uncond"])
-    runs = {f"vanilla, {T} steps": T, f"shortcut, {budget} base calls": budget}
     fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
-        args.seed), **kw) for b in runs.values()]
+        args.seed), **kw) for b in samplers.values()]
     images, captions = [], []
-    for name, fn, sec in zip(runs, fns, time_interleaved(fns, dev, rounds=3)):  # the speed table's timing
-        img = vq.decode(fn())  # the same seed: the timed samples again
-        r = rewards.reward(img.cpu(), [args.prompt] * args.n)
+    for name, fn, sec in zip(samplers, fns, time_interleaved(fns, dev, rounds=3)):  # the speed table's timing
+        r = rewards.reward((img := vq.decode(fn())).cpu(), prompts)  # the same seed: the timed samples again
         images.append(img[:show])
-        captions += [f"{name}: {c}" for c in report.verdict_captions([args.prompt] * show, r[:show])]
+        captions += [f"{name}: {c}" for c in report.verdict_captions(prompts[:show], r[:show])]
         print(f"{name}: accuracy {(r >= 1).float().mean():.0%} on {args.n} samples, "
               f"{1000 * sec / args.n:.2f} ms/image ({dev.type}, batch {args.n})")
-    report.save_grid(torch.cat(images), captions, os.path.join(args.ckpt, "shortcut.png"), cols=show)
-    print(f"wrote {os.path.join(args.ckpt, 'shortcut.png')}: vanilla samples on the first row, the shortcut's on the second")
+    report.save_grid(torch.cat(images), captions, path := os.path.join(args.ckpt, "shortcut.png"), cols=show)
+    print(f"wrote {path}: vanilla samples on the first row, the shortcut's on the second")

@@ -31,15 +31,14 @@ import report
 import rewards
 import shortcut
 import world
-from config import (drop_progress, load_progress, load_stage, make_out, model_config,
-                    parse_config, pick_device, restore, save_progress, save_stage, snapshot, state_dict, sweep_list)
+from config import model_config, parse_config, sweep_list
+from runs import (drop_progress, load_progress, load_stage, make_out, pick_device, restore, save_progress, save_stage,
+                  snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
 from sample import sample
 
 
-# ----------------------------------------------------------------------------------
-# Stages
-
+# ---- Stages
 
 def stage_data(cfg):
     """The codebook's fitting scenes and the fixed evaluation set (prompts and reference renders)."""
@@ -203,7 +202,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size, kw, steps=steps,
                      k=cfg.rl_k, estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor,
                      clip_eps=cfg.clip_eps, beta=cfg.beta, pool=cfg.rl_pool, generator=g, pick_tokens=pick,
-                     weigh_tokens=weigh)
+                     weigh_tokens=weigh, micro_batch=cfg.rl_micro_batch)
     if s["skipped"]:  # the weights were left alone; say so (the RL stage and the comparison alike)
         tqdm.write(f"[rl] {s['skipped']} of {cfg.rl_mu} inner updates skipped: the loss was not finite")
     return s

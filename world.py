@@ -29,8 +29,7 @@ import math
 
 import torch
 
-# ----------------------------------------------------------------------------------
-# The world
+# ---- The world
 
 COLORS = {  # RGB 0-255
     "red": (220, 50, 50),
@@ -49,8 +48,7 @@ MIN_SIZE, MAX_SIZE = 1 / 4, 3 / 8  # object size as a fraction of the image side
 REL_MARGIN = 1 / 8  # the position relation needs this much centroid offset (of the side)
 
 
-# ----------------------------------------------------------------------------------
-# Prompts: parse, build, sample
+# ---- Prompts: parse, build, sample
 
 @functools.lru_cache(maxsize=65536)
 def parse_prompt(prompt):
@@ -84,6 +82,14 @@ def parse_prompt(prompt):
     if objs[0] == objs[1]:
         raise ValueError(f"prompt {prompt!r} names the same object twice; the two objects must differ")
     return category, objs, relation
+
+
+def prompt_error(prompt):
+    """Why `prompt` is outside the grammar (parse_prompt's message), or None: for the demos' usage lines."""
+    try:
+        parse_prompt(prompt)
+    except ValueError as e:
+        return str(e)
 
 
 def category(prompt):
@@ -162,8 +168,7 @@ def perturb_prompt(prompt, generator):
         return make_prompt(cat, new_objs, new_rel)
 
 
-# ----------------------------------------------------------------------------------
-# Renderer
+# ---- Renderer
 
 def _centroid_drop(shape, s):
     """How far below its box centre a shape's centroid lies (a triangle's is 2/3 down from the apex)."""

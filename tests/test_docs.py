@@ -14,7 +14,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "docs/FINDINGS.md"]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
-MODULES = "world|rewards|model|sample|grpo|focus|probe|shortcut|train|config|report|bench|compare"
+MODULES = "world|rewards|model|sample|grpo|focus|probe|shortcut|train|config|runs|report|bench|compare"
 NAME = re.compile(rf"(?<![\w/.])({MODULES})\.([A-Za-z_]\w*)")
 FILE_TYPES = {"py", "pt", "md", "png", "gif", "jsonl"}  # train.py, shortcut.pt, report.md: files, not names
 

@@ -13,6 +13,7 @@ import torch
 import compare
 import config
 import report
+import runs
 import train
 from model import MaskedTransformer, ModelConfig, encode_prompts, maskgit_loss
 
@@ -91,10 +92,10 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert not any(f.endswith(".tmp") for f in os.listdir(out))
     # the focus comparison from the same checkpoints: every variant, one update, one seed
     res = train.main(["--preset", "tiny", "--out", out, "--compare", "--compare-seeds", "1", "--compare-updates", "1"])
-    runs = res["compare"]["runs"]
-    assert [r["variant"] for r in runs] == [v[0] for v in compare.VARIANTS]
-    assert all(len(r["curve"]) == 2 and r["curve"][0][0] == 0 for r in runs)  # before and after the update
-    assert runs[0]["score_fwd"] > runs[1]["score_fwd"]  # all steps costs more than k of them
+    variant_runs = res["compare"]["runs"]
+    assert [r["variant"] for r in variant_runs] == [v[0] for v in compare.VARIANTS]
+    assert all(len(r["curve"]) == 2 and r["curve"][0][0] == 0 for r in variant_runs)  # before and after the update
+    assert variant_runs[0]["score_fwd"] > variant_runs[1]["score_fwd"]  # all steps costs more than k of them
     for f in ["compare.png", "critical_steps.png"]:
         assert os.path.exists(os.path.join(out, f)), f
     assert [v[0] for v in compare.pick_variants("1,2")] == ["random k", "focus k"]
@@ -122,7 +123,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert len(lines) == 3 and lines[0].startswith("tensor([") and lines[2].startswith("tensor(["), res.stdout
     assert lines[1].startswith("['") and lines[1].count("'") == 16, res.stdout  # 8 verdicts from FAILURES
     # the demos read the run's own settings: sampling from eval_pretrain.pt, RL from rl.pt (tiny: T=4, k=2)
-    cfg = config.load_generator(out, torch.device("cpu"))[2]
+    cfg = runs.load_generator(out, torch.device("cpu"))[2]
     assert (cfg.sample_steps, cfg.rl_k, cfg.d_model) == (4, 2, config.PRESETS["tiny"]["d_model"])
     # sample.py's two uses: a PNG and a GIF of the unmasking (T + 1 frames), and the images/s benchmark
     # (--out names the folder as train.py does; --ckpt is the same flag)
@@ -225,10 +226,10 @@ def test_bad_flags_are_refused(capsys):
 
 def test_demos_on_a_folder_without_a_run_say_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="codebook.pt is missing: run `python train.py --out"):
-        config.load_generator(str(tmp_path), torch.device("cpu"))
+        runs.load_generator(str(tmp_path), torch.device("cpu"))
     (tmp_path / "codebook.pt").write_bytes(b"")
     with pytest.raises(SystemExit, match="pretrain.pt is missing"):
-        config.load_generator(str(tmp_path), torch.device("cpu"))
+        runs.load_generator(str(tmp_path), torch.device("cpu"))
     out = subprocess.run([sys.executable, "shortcut.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and "shortcut.pt is missing" in out.stderr and "Traceback" not in out.stderr
 
@@ -238,18 +239,18 @@ def test_a_device_that_is_not_there_is_refused_with_a_message(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     for name, said in [("cuda", "CUDA is not available"), ("mps", "MPS (Apple GPU) is not available")]:
         with pytest.raises(SystemExit, match=re.escape(said)):
-            config.pick_device(name)
+            runs.pick_device(name)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(SystemExit, match="there are 1 CUDA devices"):
-        config.pick_device("cuda:1")
-    assert config.pick_device("cuda:0") == torch.device("cuda:0") and config.pick_device("cpu").type == "cpu"
-    assert config.pick_device("auto") == torch.device("cuda")  # autodetect (CUDA patched in above): cuda first...
+        runs.pick_device("cuda:1")
+    assert runs.pick_device("cuda:0") == torch.device("cuda:0") and runs.pick_device("cpu").type == "cpu"
+    assert runs.pick_device("auto") == torch.device("cuda")  # autodetect (CUDA patched in above): cuda first...
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert config.pick_device(None) == torch.device("mps")  # ...then mps...
+    assert runs.pick_device(None) == torch.device("mps")  # ...then mps...
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert config.pick_device("auto") == torch.device("cpu")  # ...then the cpu
+    assert runs.pick_device("auto") == torch.device("cpu")  # ...then the cpu
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -279,7 +280,7 @@ def test_ctrl_c_says_how_to_go_on_without_a_traceback(tmp_path):
 
 def test_state_dict_is_a_copy():
     m = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
-    sd = config.state_dict(m)
+    sd = runs.state_dict(m)
     with torch.no_grad():
         m.head.weight.add_(1.0)  # training after the snapshot must not change the snapshot
     assert not torch.equal(sd["head.weight"], m.head.weight)
@@ -396,12 +397,12 @@ def test_pretraining_and_rl_resume_from_a_snapshot(tmp_path, monkeypatch, capsys
 def test_a_checkpoint_older_than_a_field_matches_its_default(tmp_path):
     """A field added after a checkpoint was written counts as its default there (the old behaviour)."""
     cfg = config.parse_config(["--preset", "tiny", "--out", str(tmp_path)])
-    ck = config.save_stage(cfg, "rl", dict(state={}))
+    ck = runs.save_stage(cfg, "rl", dict(state={}))
     del ck["config"]["rl_pool"]  # as written before --rl-pool existed
-    config.save_atomic(ck, str(tmp_path / "rl.pt"))
-    assert config.load_stage(cfg, "rl") is not None
+    runs.save_atomic(ck, str(tmp_path / "rl.pt"))
+    assert runs.load_stage(cfg, "rl") is not None
     with pytest.raises(SystemExit, match="rl_pool: checkpoint 'token' vs now 'step'"):
-        config.load_stage(config.parse_config(["--preset", "tiny", "--out", str(tmp_path), "--rl-pool", "step"]), "rl")
+        runs.load_stage(config.parse_config(["--preset", "tiny", "--out", str(tmp_path), "--rl-pool", "step"]), "rl")
 
 
 def test_maskgrpo_runs_at_its_own_mu_unless_told():

@@ -1,0 +1,185 @@
+"""
+Where a run lives: the device it runs on, its folder and its checkpoints (as small as resuming needs), and
+loading a finished run for the demos.
+
+  out/<stage>.pt          a finished stage's result and the Config fields it depends on (STAGE_FIELDS below);
+                          a rerun skips the stage when they match, and stops naming the fields when they do not
+  out/<stage>.partial.pt  an unfinished stage's snapshot (weights, optimiser, generator states), written every
+                          `snapshot_secs`: a rerun after a crash goes on where it stopped, with the same result
+                          (metrics.jsonl may hold the steps between the snapshot and the crash twice)
+
+Every file is written to a temporary name and renamed, so a crash leaves the old file or the new one.
+"""
+
+import os
+
+import torch
+
+import shortcut
+from config import DEFAULTS, Config, model_config
+from model import MaskedTransformer, VQCodebook
+
+# the config fields each stage's result depends on (its own and its inputs')
+STAGE_FIELDS = {
+    "data": ["seed", "image_size", "grid", "fit_images", "eval_prompts", "eval_samples"],
+    "codebook": ["patch", "codebook_size"],
+    "pretrain": ["d_model", "n_layers", "n_heads", "pretrain_steps", "batch_size", "lr", "warmup",
+                 "weight_decay", "prompt_drop"],
+    "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
+    "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps",
+           "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "rl_pool", "clip_eps", "beta"],
+    "eval_rl": [],
+    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
+                 "sc_bench_batch"],
+}
+
+
+COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "compare_variants"]
+
+
+def stage_config(cfg, stage):
+    if stage == "sweep":  # the evaluation settings at other step counts, of both models
+        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps)
+    if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
+        return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
+    names = []
+    for s in STAGE_FIELDS:
+        names += STAGE_FIELDS[s]
+        if s == stage:
+            return {k: getattr(cfg, k) for k in names}
+    raise KeyError(stage)
+
+
+def make_out(path):
+    """The run folder, made if missing; a path that cannot be one stops with a message."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a file of that name, no permission, a read-only disk
+        raise SystemExit(f"--out {path}: cannot use it as the output folder ({e.strerror})")
+
+
+def pick_device(name=None):
+    """cuda > mps > cpu, unless named; a named device this machine lacks stops with a message."""
+    mps = getattr(torch.backends, "mps", None)
+    there = {"cuda": torch.cuda.is_available(), "mps": bool(mps and mps.is_available()), "cpu": True}
+    if not name or name == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if there[kind]))
+    dev = torch.device(name)
+    if not there.get(dev.type, True):  # another kind (xpu, ...) is left to torch
+        what = {"cuda": "CUDA", "mps": "MPS (Apple GPU)"}[dev.type]
+        raise SystemExit(f"--device {name} asked for, but {what} is not available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"--device {name} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def save_atomic(obj, path):
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)  # a crash leaves the old file or the new one, never half of one
+
+
+def load_checkpoint(path):
+    """A file this project saved, onto the CPU (weights_only=False: ours hold configs and generator states too)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_stage(cfg, stage):
+    """The stage's checkpoint if it exists and matches the config; None if missing or --fresh."""
+    path = os.path.join(cfg.out, f"{stage}.pt")
+    if cfg.fresh or not os.path.exists(path):
+        return None
+    ck = load_checkpoint(path)
+    # a field newer than the checkpoint counts as its default (what the code did before the field existed)
+    had = lambda k: ck["config"].get(k, DEFAULTS[k])
+    diff = ", ".join(f"{k}: checkpoint {had(k)!r} vs now {v!r}" for k, v in stage_config(cfg, stage).items()
+                     if had(k) != v)
+    if diff:
+        raise SystemExit(f"{path} was made with other settings ({diff}). "
+                         f"Use --fresh to redo it, or --out for a separate folder.")
+    print(f"[{stage}] checkpoint matches the config: skipped")
+    return ck
+
+
+def save_stage(cfg, stage, payload):
+    payload = dict(payload, config=stage_config(cfg, stage))
+    save_atomic(payload, os.path.join(cfg.out, f"{stage}.pt"))
+    return payload
+
+
+def load_progress(cfg, stage):
+    """An unfinished stage's last snapshot (out/<stage>.partial.pt) if it matches the config, else None."""
+    path = os.path.join(cfg.out, f"{stage}.partial.pt")
+    if cfg.fresh or not os.path.exists(path):
+        return None
+    ck = load_checkpoint(path)
+    if ck["config"] != stage_config(cfg, stage):
+        print(f"[{stage}] {path} was made with other settings: starting the stage over")
+        return None
+    print(f"[{stage}] resuming from its snapshot after {ck['done']} {ck['unit']}")
+    return ck
+
+
+def save_progress(cfg, stage, done, unit, **state):
+    """Atomically snapshot an unfinished stage: `done` steps (or updates, runs) and what resuming needs."""
+    save_atomic(dict(state, done=done, unit=unit, config=stage_config(cfg, stage)),
+                os.path.join(cfg.out, f"{stage}.partial.pt"))
+
+
+def drop_progress(cfg, stage):
+    """The stage finished: its snapshot is no longer needed."""
+    if os.path.exists(path := os.path.join(cfg.out, f"{stage}.partial.pt")):
+        os.remove(path)
+
+
+def snapshot(**parts):
+    """What resuming a loop needs: weights (a CPU copy), optimiser state, generator states."""
+    return {k: state_dict(v) if isinstance(v, torch.nn.Module) else v.state_dict() if hasattr(v, "state_dict")
+            else v.get_state() for k, v in parts.items()}
+
+
+def restore(snap, **parts):
+    """The inverse of snapshot: load each part's saved state into it."""
+    for k, v in parts.items():
+        (v.set_state if isinstance(v, torch.Generator) else v.load_state_dict)(snap[k])
+
+
+def state_dict(model):
+    """A CPU copy of the weights (a copy even on the CPU, where .cpu() would alias the live tensors)."""
+    model = getattr(model, "_orig_mod", model)  # never save torch.compile's prefixed keys
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def require(out, *names):
+    """The path of the last of `names` in a run folder; a missing one stops with what to run."""
+    for name in names:
+        if not os.path.exists(path := os.path.join(out, name)):
+            raise SystemExit(f"{path} is missing: run `python train.py --out {out}` first")
+    return path
+
+
+def load_generator(out, dev, pretrained=False):
+    """(model, vq, cfg) from a finished run's folder: the RL weights when there are any (and not
+    `pretrained`), else the pretrained ones."""
+    require(out, "codebook.pt", "pretrain.pt")
+    ck = lambda name: load_checkpoint(os.path.join(out, f"{name}.pt"))
+    pre, cb = ck("pretrain"), ck("codebook")
+    # each stage's checkpoint holds every field up to its stage: the sampling settings (steps, CFG,
+    # temperatures) first appear in eval_pretrain.pt and the RL ones in rl.pt, so read the latest there is
+    later = [n for n in ("eval_pretrain", "rl", "eval_rl") if os.path.exists(os.path.join(out, f"{n}.pt"))]
+    cfg = Config(**(ck(later[-1]) if later else pre)["config"])
+    model = MaskedTransformer(model_config(cfg)).to(dev)
+    use_rl = os.path.exists(os.path.join(out, "rl.pt")) and not pretrained
+    model.load_state_dict((ck("rl") if use_rl else pre)["state"])
+    vq = VQCodebook(cfg.codebook_size, cfg.patch)
+    vq.load_state_dict(cb["state"])
+    return model.eval(), vq.to(dev), cfg
+
+
+def load_shortcut(out, dev):
+    """(shortcut net, its checkpoint dict: state, config, table, ...) from a finished run's shortcut.pt,
+    built at the sizes it was trained at (f_in maps d_model to the bottleneck width)."""
+    ck = load_checkpoint(require(out, "shortcut.pt"))
+    width, d_model = ck["state"]["f_in.weight"].shape
+    net = shortcut.Shortcut(d_model, width)
+    net.load_state_dict(ck["state"])
+    return net.to(dev).eval(), ck
