@@ -195,7 +195,8 @@ def policy_logp(model, traj, steps, estimator, masks):
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
             estimator="remask", mu=1, mask_floor=0.6, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
-            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0):
+            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0,
+            sync=lambda params, finite: finite):
     """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
@@ -206,6 +207,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     weigh_tokens(logp, ref, mask, traj) -> weights (B, S, N) for grpo_loss, given every scored position
     (`mask` before pick_tokens, as GCPO weighs before its loss mask). pool: grpo_loss's pooling.
     micro_batch: rollouts per forward and backward, the gradient accumulated (0: all at once; the same update).
+    sync(params, finite) -> finite: between the backward and the step (data parallel: dist.sync_grads).
     Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
@@ -246,6 +248,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
             loss.backward()
             for k, v in st.items():  # per-token means of the micro-batch -> of the batch
                 acc[k] = acc.get(k, 0.0) + v * (mask[rows, part].sum() / mask[:, part].sum().clamp(min=1)).item()
+        finite = sync(model.parameters(), finite)
         if not finite:
             skipped += 1
             continue

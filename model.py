@@ -11,13 +11,11 @@ and column; prompt words are not rotated), which makes attention see relative of
 above me is the top arc of a red circle" is learned once for every place: what lets an object's 2x2 to
 3x3 parts agree. Simplified versus MaskGIT: no timestep input (the mask pattern says it all), no tying.
 
-VQCodebook: instead of a trained VQ-GAN we fit k-means to the non-overlapping p x p patches of
-rendered images. Each patch becomes the id of its nearest centroid, and decoding pastes the
-centroids back. train.py's objects lie on the 4-pixel grid of its 4x4 patches, so a code is a *part*
-of a shape (an arc of a circle, a slope of a triangle, a fill, an edge): 57 distinct patches at
-32x32 (K=64 is lossless), 129 at 64x64 (K=256); with free placement (grid=1) there are about 900
-distinct 4x4 patches and K=1024 is nearly lossless. The mask token id is K = codebook_size, one past
-the last code.
+VQCodebook: instead of a trained VQ-GAN, k-means on the non-overlapping p x p patches of rendered images;
+a patch becomes the id of its nearest centroid, and decoding pastes the centroids back. train.py's objects lie
+on the 4-pixel grid of its 4x4 patches, so a code is a *part* of a shape (an arc, a slope, a fill, an edge):
+57 distinct patches at 32x32 (K=64 is lossless), 129 at 64x64 (K=256); with free placement (grid=1) about 900
+and K=1024 is nearly lossless. The mask token id is K = codebook_size, one past the last code.
 """
 
 import argparse
@@ -179,21 +177,27 @@ def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1):
-    """Mask a cosine-schedule fraction cos(pi/2 u), u ~ U(0, 1), of each row (at least one token); cross-entropy on
-    the masked tokens only.
-    A `prompt_drop` fraction of rows sees the null prompt, which teaches the unconditional branch."""
+def maskgit_masks(B, N, generator=None, device=None, prompt_drop=0.1):
+    """MaskGIT's training masks: a cosine-schedule fraction cos(pi/2 u), u ~ U(0, 1), of each row's N tokens (at
+    least one) -> (masked (B, N) bool, drop (B,) bool: the rows that see the null prompt)."""
+    u = torch.rand(B, generator=generator, device=device)
+    n_mask = (torch.cos(math.pi / 2 * u) * N).ceil().clamp(1, N)  # (B,)
+    rank = torch.rand(B, N, generator=generator, device=device).argsort(1).argsort(1)  # random order per row
+    return rank < n_mask[:, None], torch.rand(B, generator=generator, device=device) < prompt_drop
+
+
+def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1, masks=None, normalizer=None):
+    """Cross-entropy on the masked tokens only, with maskgit_masks' masks (or the given (masked, drop)); the
+    dropped rows see the null prompt, which teaches the unconditional branch. The mean over the masked tokens,
+    or their sum / `normalizer` (data parallel: the global batch's count over the ranks, dist.py)."""
     B, N = tokens.shape
-    dev = tokens.device
-    u = torch.rand(B, generator=generator, device=dev)
-    n_mask = (torch.cos(math.pi / 2 * u) * N).ceil().clamp(1, N)  # (B,) MaskGIT's cosine schedule: cos(pi/2 u) masked
-    rank = torch.rand(B, N, generator=generator, device=dev).argsort(1).argsort(1)  # random order per row
-    masked = rank < n_mask[:, None]  # (B, N) exactly n_mask per row
+    masked, drop = maskgit_masks(B, N, generator, tokens.device, prompt_drop) if masks is None else masks
     inp = torch.where(masked, torch.full_like(tokens, model.mask_id), tokens)
-    drop = torch.rand(B, generator=generator, device=dev) < prompt_drop
-    prompt_ids = torch.where(drop[:, None], null_prompts(B, dev), prompt_ids)
+    prompt_ids = torch.where(drop[:, None], null_prompts(B, tokens.device), prompt_ids)
     logits = model(inp, prompt_ids)  # (B, N, K)
-    return F.cross_entropy(logits[masked].float(), tokens[masked])
+    if normalizer is None:
+        return F.cross_entropy(logits[masked].float(), tokens[masked])
+    return F.cross_entropy(logits[masked].float(), tokens[masked], reduction="sum") / normalizer
 
 
 # ---- VQ codebook (k-means on patches)

@@ -18,6 +18,7 @@ import textwrap
 
 import torch
 
+import dist
 import world
 
 COLORS = [(40, 80, 220), (220, 60, 40), (40, 160, 60), (200, 140, 0), (140, 60, 180), (0, 150, 160)]
@@ -28,6 +29,7 @@ ASSET_PROMPTS = ["a red circle", "a blue square and a green triangle", "three ye
                  "a yellow triangle above a blue circle", "a green circle and a red square"]
 
 
+@dist.main_only
 def save_grid(images, captions, path, cell=128, cols=8):
     """A PNG grid: each image upscaled (nearest) to `cell` pixels with its caption beneath."""
     from PIL import Image, ImageDraw, ImageFont
@@ -51,6 +53,7 @@ def verdict_captions(prompts, rewards):
     return [f"{p} [{'ok' if r >= 1.0 else 'x'}] {r:.2f}" for p, r in zip(prompts, rewards.tolist())]
 
 
+@dist.main_only
 def draw_curves(series, path, title, w=560, h=280, pad=34, smooth=None):
     """series: {name: [(x, y), ...]} -> a line plot with a legend. smooth {name: n}: that series is drawn
     raw in grey under its running mean over n points."""
@@ -81,6 +84,7 @@ def draw_curves(series, path, title, w=560, h=280, pad=34, smooth=None):
     im.save(path)
 
 
+@dist.main_only
 def trajectory_strip(images, sims, marked, path, cell=96):
     """images (T, 3, H, W): each step's x0; sims (T,): cosine to the final image; marked: critical steps."""
     from PIL import Image, ImageDraw
@@ -109,12 +113,14 @@ def _strict(v):
     return v
 
 
+@dist.main_only
 def log_metrics(cfg, **row):
     """One line of out/metrics.jsonl per call (train.py logs every stage's numbers); every line is strict JSON."""
     with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(_strict(row), allow_nan=False) + "\n")
 
 
+@dist.main_only
 def save_gif(frames, path, scale=4, ms=250):
     """frames: list of (3, H, W) images in [0, 1] -> animated GIF (nearest-neighbour upscaled)."""
     from PIL import Image
@@ -197,6 +203,7 @@ def mse_text(mse):
     return "0 (lossless)" if mse == 0 else f"{mse:.1e}"
 
 
+@dist.main_only
 def write_report(cfg, dev, vq_mse, res):
     pre = res["pretrain"]
     vq = mse_text(vq_mse)

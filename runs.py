@@ -15,6 +15,7 @@ import os
 
 import torch
 
+import dist
 import shortcut
 from config import DEFAULTS, Config, model_config
 from model import MaskedTransformer, VQCodebook
@@ -73,6 +74,7 @@ def pick_device(name=None):
     return dev
 
 
+@dist.main_only
 def save_atomic(obj, path):
     torch.save(obj, path + ".tmp")
     os.replace(path + ".tmp", path)  # a crash leaves the old file or the new one, never half of one
@@ -107,9 +109,10 @@ def save_stage(cfg, stage, payload):
 
 
 def load_progress(cfg, stage):
-    """An unfinished stage's last snapshot (out/<stage>.partial.pt) if it matches the config, else None."""
+    """An unfinished stage's last snapshot (out/<stage>.partial.pt) if it matches the config, else None
+    (always None under torchrun: dist.py)."""
     path = os.path.join(cfg.out, f"{stage}.partial.pt")
-    if cfg.fresh or not os.path.exists(path):
+    if cfg.fresh or dist.world() > 1 or not os.path.exists(path):
         return None
     ck = load_checkpoint(path)
     if ck["config"] != stage_config(cfg, stage):
@@ -120,11 +123,15 @@ def load_progress(cfg, stage):
 
 
 def save_progress(cfg, stage, done, unit, **state):
-    """Atomically snapshot an unfinished stage: `done` steps (or updates, runs) and what resuming needs."""
+    """Atomically snapshot an unfinished stage: `done` steps (or updates, runs) and what resuming needs
+    (one process only: under torchrun each rank's generators would need their own)."""
+    if dist.world() > 1:
+        return
     save_atomic(dict(state, done=done, unit=unit, config=stage_config(cfg, stage)),
                 os.path.join(cfg.out, f"{stage}.partial.pt"))
 
 
+@dist.main_only
 def drop_progress(cfg, stage):
     """The stage finished: its snapshot is no longer needed."""
     if os.path.exists(path := os.path.join(cfg.out, f"{stage}.partial.pt")):

@@ -227,10 +227,12 @@ def chain_loss(shortcut, model, data, t, d, rows):
     return sum(masked_mse(pred, data, s, rows, model.mask_id) for s, pred in steps) / d
 
 
-def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_frac=0.1, generator=None, unroll=1):
+def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_frac=0.1, generator=None, unroll=1,
+                   sync=lambda params: None):
     """AdamW on random (trajectory, step) transitions; returns a log with train and validation MSE (one step
     ahead). unroll > 1: each example chains up to that many shortcut steps from a true base step (the way the
-    sampler uses it between base calls) and the loss averages them; unroll=1 is the paper's one-step target."""
+    sampler uses it between base calls) and the loss averages them; unroll=1 is the paper's one-step target.
+    sync(params): between the backward and the step (data parallel: dist.sync_grads)."""
     T = data["feats"].shape[0]
     tr, val = split_rows(data, val_frac)  # held-out trajectories
     opt = torch.optim.AdamW(shortcut.parameters(), lr=lr, weight_decay=0.0)
@@ -244,6 +246,7 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
         loss = chain_loss(shortcut, model, data, t, d, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync(shortcut.parameters())
         opt.step()
         if it % 50 == 0 or it == iters - 1:
             with torch.no_grad():  # one step ahead, the shortcut vs the cache (step s's features reused)

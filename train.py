@@ -8,6 +8,7 @@ The whole story, end to end, writing out/:
     python train.py --compare         # also focus.py's comparison: every RL variant x 3 seeds
     python train.py --sweep-steps 4,8,12,32   # also the parallelism table: both models at each step count
     python train.py --rl-lr 3e-5      # any Config field (config.py) is a flag; --fresh redoes stages
+    torchrun --standalone --nproc_per_node=2 train.py   # data parallel over 2 processes (dist.py)
 
 Each stage saves an atomic checkpoint out/<stage>.pt holding the settings it depends on; a rerun
 skips stages whose checkpoint matches. Outputs: out/report.md (every table), out/metrics.jsonl,
@@ -25,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 import bench
+import dist
 import focus
 import grpo
 import report
@@ -34,7 +36,7 @@ import world
 from config import model_config, parse_config, sweep_list
 from runs import (drop_progress, load_progress, load_stage, make_out, pick_device, restore, save_progress, save_stage,
                   snapshot, state_dict)
-from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss
+from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss, maskgit_masks
 from sample import sample
 
 
@@ -63,6 +65,7 @@ def stage_codebook(cfg, data):
     t0 = time.time()
     vq = VQCodebook.fit(data["fit"].float() / 255, cfg.codebook_size, cfg.patch,
                         torch.Generator().manual_seed(cfg.seed + 1), progress=True)
+    dist.broadcast(vq)  # torchrun: rank 0's codebook everywhere
     ref = data["eval_ref"].float() / 255
     mse = ((vq.decode(vq.encode(ref)) - ref) ** 2).mean().item()
     print(f"[codebook] K={cfg.codebook_size} fitted in {time.time() - t0:.1f}s, VQ MSE {report.mse_text(mse)}")
@@ -76,17 +79,36 @@ def lr_at(step, cfg, total):
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, total - cfg.warmup)))
 
 
+def pretrain_step(cfg, model, opt, tokens, prompt_ids, masks, step):
+    """One AdamW step on the MaskGIT loss of this rank's share of the batch -> the loss. Under torchrun the loss
+    is normalised by the global batch's masked tokens and the gradients averaged over the ranks (dist.py): every
+    rank takes the step one process would take on the whole batch."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
+    norm = None if dist.world() == 1 else dist.total(masks[0].sum().float()) / dist.world()
+    with autocast(tokens.device):
+        loss = maskgit_loss(model, tokens, prompt_ids, masks=masks, normalizer=norm)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.sync_grads(model.parameters())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
+
+
 def stage_pretrain(cfg, vq, dev):
     torch.manual_seed(cfg.seed)  # the weight init
     model = MaskedTransformer(model_config(cfg)).to(dev)
     if (ck := load_stage(cfg, "pretrain")) is not None:
         model.load_state_dict(ck["state"])
         return model, ck
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.pretrain_steps} steps of batch {cfg.batch_size} on {dev}")
+    dist.broadcast(model)  # torchrun: one init on every rank
+    n_params, B, W = sum(p.numel() for p in model.parameters()), cfg.batch_size // dist.world(), dist.world()
+    print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.pretrain_steps} steps of batch {cfg.batch_size} on {dev}"
+          + (f" ({B} on each of {W} processes)" if W > 1 else ""))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    g_data = torch.Generator().manual_seed(cfg.seed + 2)  # scenes (CPU)
-    g_mask = torch.Generator(dev).manual_seed(cfg.seed + 3)  # masks and prompt drop (on the device)
+    g_data = torch.Generator().manual_seed(cfg.seed + 2 + 1000 * dist.rank())  # scenes (CPU), each rank its own
+    g_mask = torch.Generator(dev).manual_seed(cfg.seed + 3 + 1000 * dist.rank())  # masks, prompt drop (device)
     start, losses, t0 = 0, [], time.time()
     if (snap := load_progress(cfg, "pretrain")) is not None:  # a crashed run: go on exactly where it stopped
         start, losses, t0 = snap["done"], snap["losses"], t0 - snap["seconds"]
@@ -94,17 +116,11 @@ def stage_pretrain(cfg, vq, dev):
     t_snap = time.time()
     bar = tqdm(range(start, cfg.pretrain_steps), desc="pretrain", initial=start, total=cfg.pretrain_steps)
     for step in bar:
-        prompts = world.sample_prompts(cfg.batch_size, g_data)
+        prompts = world.sample_prompts(B, g_data)
         tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
-        with autocast(dev):
-            loss = maskgit_loss(model, tokens, encode_prompts(prompts).to(dev), g_mask, cfg.prompt_drop)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+        masks = maskgit_masks(B, cfg.n_tokens, g_mask, dev, cfg.prompt_drop)
+        loss = pretrain_step(cfg, model, opt, tokens, encode_prompts(prompts).to(dev), masks, step)
+        losses.append(dist.total(loss).item() / W)  # the global batch's mean
         if step % 50 == 0 or step == cfg.pretrain_steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
             report.log_metrics(cfg, stage="pretrain", step=step, loss=losses[-1], seconds=round(time.time() - t0, 1))
@@ -124,14 +140,14 @@ def stage_pretrain(cfg, vq, dev):
 def generate(cfg, model, vq, prompts, dev, seed, mode="confidence"):
     """Sample images for a list of prompts in batches (CPU tensor (B, 3, H, W))."""
     model.eval()
-    g = torch.Generator(dev).manual_seed(seed)
-    out = []
-    for i in tqdm(range(0, len(prompts), cfg.eval_batch), desc="sample", leave=False):
-        ids = encode_prompts(prompts[i:i + cfg.eval_batch]).to(dev)
+    g = torch.Generator(dev).manual_seed(seed + 1000 * dist.rank())
+    mine, out = prompts[dist.share(len(prompts))], []  # torchrun: this rank's share, gathered below
+    for i in tqdm(range(0, len(mine), cfg.eval_batch), desc="sample", leave=False):
+        ids = encode_prompts(mine[i:i + cfg.eval_batch]).to(dev)
         tok = sample(model, ids, cfg.sample_steps, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature,
                      mode=mode, generator=g)
         out.append(vq.decode(tok).cpu())
-    return torch.cat(out)
+    return dist.gather(torch.cat(out))
 
 
 def evaluate(cfg, model, vq, data, dev):
@@ -188,7 +204,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     (all | random | focus), which tokens (all | GCPO's critical), and MaskFocus's entropy routing (off |
     entropy). The reward is the verifier on decoded images (the codebook stays on the CPU:
     VQCodebook.encode/decode bring its codes to the tokens' device)."""
-    prompts = world.sample_prompts(cfg.rl_prompts, g_prompts)
+    prompts = world.sample_prompts(cfg.rl_prompts // dist.world(), g_prompts)  # torchrun: this rank's share
     flat_prompts = [p for p in prompts for _ in range(cfg.group_size)]
     score = lambda tok: rewards.reward(vq.decode(tok).cpu(), flat_prompts)
     dev = next(model.parameters()).device
@@ -202,7 +218,8 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size, kw, steps=steps,
                      k=cfg.rl_k, estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor,
                      clip_eps=cfg.clip_eps, beta=cfg.beta, pool=cfg.rl_pool, generator=g, pick_tokens=pick,
-                     weigh_tokens=weigh, micro_batch=cfg.rl_micro_batch)
+                     weigh_tokens=weigh, micro_batch=cfg.rl_micro_batch, sync=dist.sync_grads)
+    s = dist.mean_numbers(s)  # torchrun: the ranks' numbers as one
     if s["skipped"]:  # the weights were left alone; say so (the RL stage and the comparison alike)
         tqdm.write(f"[rl] {s['skipped']} of {cfg.rl_mu} inner updates skipped: the loss was not finite")
     return s
@@ -211,6 +228,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
 def rl_setup(cfg, model, dev, seed):
     ref = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen pretrained weights: the KL reference
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    seed += 1000 * dist.rank()  # torchrun: each rank its own prompts and rollouts
     return ref, opt, torch.Generator().manual_seed(seed), torch.Generator(dev).manual_seed(seed + 1)
 
 
@@ -281,14 +299,18 @@ def stage_shortcut(cfg, model, vq, data, dev):
     """MIGM-Shortcut: train on the final model's trajectories, then the latency / quality table."""
     if (ck := load_stage(cfg, "shortcut")) is not None:
         return ck
-    g, g_cpu = torch.Generator(dev).manual_seed(cfg.seed + 6), torch.Generator().manual_seed(cfg.seed + 7)
+    g, g_cpu = torch.Generator(dev).manual_seed(cfg.seed + 6 + 1000 * dist.rank()), torch.Generator().manual_seed(
+        cfg.seed + 7)
     T, D = cfg.sample_steps, cfg.d_model
     t0 = time.time()
-    ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)).to(dev)
+    ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)[dist.share(cfg.sc_prompts)]).to(dev)
+    if dist.rank():
+        g_cpu.manual_seed(cfg.seed + 7 + 1000 * dist.rank())  # torchrun: each rank its own training batches
     traj = shortcut.collect(model, ids, T, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature, g, cfg.eval_batch)
     net = shortcut.Shortcut(D, cfg.sc_width or D // 2).to(dev)
+    dist.broadcast(net)
     log = shortcut.train_shortcut(net, model, traj, cfg.sc_iters, cfg.sc_batch, cfg.sc_lr,
-                                   generator=g_cpu, unroll=cfg.sc_unroll)
+                                   generator=g_cpu, unroll=cfg.sc_unroll, sync=dist.sync_grads)
     net.eval()
     _, val_rows = shortcut.split_rows(traj)  # the validation trajectories
     with autocast(dev):
@@ -307,9 +329,10 @@ def stage_shortcut(cfg, model, vq, data, dev):
     budgets = sorted({max(2, T // 3), max(2, T // 2)})  # T=12: 4 and 6 base calls (8 rows in all)
     configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]
                + [("shortcut", T, b) for b in budgets])
-    table = bench.speed_table(model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
-                                 dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, uncond=cfg.sc_uncond,
-                                      choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
+    table = [] if dist.rank() else bench.speed_table(  # torchrun: rank 0 times it alone
+        model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
+        dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, uncond=cfg.sc_uncond,
+             choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
     for r in table:
         report.log_metrics(cfg, stage="shortcut", **r)
     return save_stage(cfg, "shortcut", dict(
@@ -330,7 +353,20 @@ def main(argv=None):
     cfg = parse_config(argv, __doc__)
     if cfg.compare:
         compare.pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
-    dev = pick_device(cfg.device)
+    dev = dist.setup(pick_device(cfg.device))  # torchrun: join the process group, one device per rank
+    try:
+        return run(cfg, dev)
+    finally:
+        dist.cleanup()
+
+
+def run(cfg, dev):
+    """The stages in order, on `dev` (main has joined torchrun's process group when there is one)."""
+    import compare
+
+    if (W := dist.world()) > 1 and (cfg.batch_size % W or cfg.rl_prompts % W or cfg.sc_prompts < 2 * W):
+        raise SystemExit(f"with {W} processes, --batch-size and --rl-prompts must be multiples of {W} and "
+                         f"--sc-prompts at least {2 * W}: each process takes an equal share")
     make_out(cfg.out)
     t0 = time.time()
     data = stage_data(cfg)
