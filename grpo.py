@@ -160,12 +160,10 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
     A = advantages.view(-1, *([1] * (logp.ndim - 1)))  # broadcast over the token dims
     rho = torch.exp(logp - old_logp)
     surrogate = -torch.minimum(rho * A, rho.clamp(1 - clip_eps, 1 + clip_eps) * A)
-    if weights is not None:
-        surrogate = surrogate * weights
+    surrogate = surrogate if weights is None else surrogate * weights
     d = ref_logp - logp
     kl = torch.exp(d) - d - 1  # k3 estimator, >= 0
-    share = pool_weights(mask, pool) if share is None else share
-    loss = ((surrogate + beta * kl) * share).sum()
+    loss = ((surrogate + beta * kl) * (pool_weights(mask, pool) if share is None else share)).sum()
     with torch.no_grad():  # the logged means are per token, whatever the pooling
         clipped = ((rho - 1).abs() > clip_eps).float()
         stats = dict(kl=pool_mean(kl, mask).item(), clip_ratio=pool_mean(clipped, mask).item(),
@@ -195,8 +193,7 @@ def policy_logp(model, traj, steps, estimator, masks):
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
             estimator="remask", mu=1, mask_floor=0.6, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
-            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0,
-            sync=lambda params, finite: finite):
+            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0, sync=lambda params, finite: finite):
     """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()

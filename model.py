@@ -1,6 +1,6 @@
 """
-The two models, in reading order: the bidirectional masked transformer that generates VQ tokens
-MaskGIT-style, its training loss, and the toy VQ codebook that turns images into tokens.
+The two models, in reading order: the masked transformer that generates VQ tokens MaskGIT-style, its training
+loss, and the toy VQ codebook that turns images into tokens.
 
 MaskedTransformer: a bidirectional pre-LN transformer over [prompt words ; image tokens] that predicts
 a code for every image position; the MaskGIT loss scores the masked ones. Its sizes all come from a
@@ -49,13 +49,12 @@ def encode_prompts(prompts):
 
 def check_prompt_ids(prompt_ids, batch=None, length=PROMPT_LEN):
     """Refuse anything but the (B, PROMPT_LEN) long tensor encode_prompts makes (shape and dtype only: no sync)."""
-    if not isinstance(prompt_ids, torch.Tensor):
-        raise ValueError(f"prompt_ids must be the tensor encode_prompts(list of prompts) makes, "
-                         f"got {type(prompt_ids).__name__}")
-    if prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != length or batch not in (
-            None, prompt_ids.shape[0]):
+    is_tensor = isinstance(prompt_ids, torch.Tensor)
+    if not is_tensor or prompt_ids.dtype != torch.long or prompt_ids.ndim != 2 or prompt_ids.shape[1] != length or (
+            batch not in (None, prompt_ids.shape[0])):
+        got = f"{tuple(prompt_ids.shape)} {prompt_ids.dtype}" if is_tensor else type(prompt_ids).__name__
         raise ValueError(f"prompt_ids must be ({'B' if batch is None else batch}, {length}) long (encode_prompts), "
-                         f"got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
+                         f"got {got}")
 
 
 def null_prompts(n, device=None):
@@ -122,8 +121,7 @@ class MaskedTransformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
-        D = cfg.d_model
+        self.cfg, D = cfg, cfg.d_model
         if D % cfg.n_heads:
             raise ValueError(f"d_model {D} is not divisible by n_heads {cfg.n_heads}")
         self.tok_emb = nn.Embedding(cfg.codebook_size + 1, D)  # +1: the mask token
@@ -159,22 +157,20 @@ class MaskedTransformer(nn.Module):
         if N != self.cfg.n_tokens:
             raise ValueError(f"expected {self.cfg.n_tokens} image tokens, got {N}")
         check_prompt_ids(prompt_ids, B, self.cfg.prompt_len)
-        p = self.word_emb(prompt_ids) + self.word_pos  # (B, L, D)
-        x = torch.cat([p, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
+        x = torch.cat([self.word_emb(prompt_ids) + self.word_pos, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
         for blk in self.blocks:
             x = blk(x, self.rope_cos, self.rope_sin)
         return self.ln_f(x[:, self.cfg.prompt_len:])  # (B, N, D)
 
     def forward(self, tokens, prompt_ids, return_features=False):
         feats = self.features(tokens, prompt_ids)  # (B, N, D)
-        logits = self.head(feats)  # (B, N, K)
-        return (logits, feats) if return_features else logits
+        return (self.head(feats), feats) if return_features else self.head(feats)  # logits (B, N, K)
 
 
 def autocast(device):
     """bf16 autocast on CUDA only; a no-op elsewhere."""
-    device = torch.device(device)
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    cuda = torch.device(device).type == "cuda"
+    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
 
 def maskgit_masks(B, N, generator=None, device=None, prompt_drop=0.1):
@@ -195,9 +191,8 @@ def maskgit_loss(model, tokens, prompt_ids, generator=None, prompt_drop=0.1, mas
     inp = torch.where(masked, torch.full_like(tokens, model.mask_id), tokens)
     prompt_ids = torch.where(drop[:, None], null_prompts(B, tokens.device), prompt_ids)
     logits = model(inp, prompt_ids)  # (B, N, K)
-    if normalizer is None:
-        return F.cross_entropy(logits[masked].float(), tokens[masked])
-    return F.cross_entropy(logits[masked].float(), tokens[masked], reduction="sum") / normalizer
+    ce = F.cross_entropy(logits[masked].float(), tokens[masked], reduction="mean" if normalizer is None else "sum")
+    return ce if normalizer is None else ce / normalizer
 
 
 # ---- VQ codebook (k-means on patches)
@@ -214,8 +209,7 @@ def patchify(images, p):
 
 def unpatchify(patches, p, channels=3):
     """(B, N, 3*p*p) -> (B, 3, H, W), the inverse of patchify (square images)."""
-    B, N, _ = patches.shape
-    g = math.isqrt(N)
+    B, g = patches.shape[0], math.isqrt(patches.shape[1])
     x = patches.reshape(B, g, g, channels, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, g, p, g, p)
     return x.reshape(B, channels, g * p, g * p)
 
@@ -225,8 +219,7 @@ def _nearest(x, codes, chunk=65536):
     c2 = (codes * codes).sum(1)  # (K,)
     out = torch.empty(len(x), dtype=torch.long, device=x.device)
     for i in range(0, len(x), chunk):
-        xb = x[i:i + chunk]
-        out[i:i + chunk] = (c2 - 2 * xb @ codes.T).argmin(1)  # |x|^2 is the same for every code
+        out[i:i + chunk] = (c2 - 2 * x[i:i + chunk] @ codes.T).argmin(1)  # |x|^2 is the same for every code
     return out
 
 
@@ -238,9 +231,7 @@ class VQCodebook(nn.Module):
         self.codebook_size, self.patch = codebook_size, patch
         self.register_buffer("codes", torch.zeros(codebook_size, 3 * patch * patch))  # (K, 3*p*p)
 
-    @property
-    def mask_id(self):
-        return self.codebook_size  # one past the last code, never a real code
+    mask_id = property(lambda self: self.codebook_size)  # one past the last code, never a real code
 
     @classmethod
     @torch.no_grad()
@@ -252,8 +243,7 @@ class VQCodebook(nn.Module):
         if len(x) <= K:  # every distinct patch gets its own code (lossless); spare codes repeat one
             vq.codes.copy_(torch.cat([x, x[torch.randint(len(x), (K - len(x),), generator=generator)]]))
             return vq
-        # k-means++: each new centre drawn with probability ~ squared distance to the nearest one
-        # (unweighted by count, so rare edge patterns get codes too)
+        # k-means++: a new centre with probability ~ squared distance to the nearest (rare patches get codes too)
         codes = x[torch.randint(len(x), (1,), generator=generator)]
         d2 = ((x - codes[0]) ** 2).sum(1)
         for _ in range(1, K):
@@ -274,8 +264,7 @@ class VQCodebook(nn.Module):
     def encode(self, images):
         """(B, 3, H, W) in [0, 1] -> (B, N) long codes in [0, K)."""
         patches = patchify(images.float(), self.patch)  # (B, N, 3*p*p)
-        B, N, d = patches.shape
-        return _nearest(patches.reshape(-1, d), self.codes.to(patches.device)).view(B, N)
+        return _nearest(patches.flatten(0, 1), self.codes.to(patches.device)).view(patches.shape[:2])
 
     @torch.no_grad()
     def decode(self, tokens):
@@ -293,14 +282,13 @@ if __name__ == "__main__":
     for name, default in [("image-size", 32), ("codebook-size", 64), ("patch", 4), ("grid", 4), ("fit-images", 4000),
                           ("n", 2000), ("seed", 0)]:  # grid: objects on this pixel grid (1: anywhere); n: checked
         ap.add_argument(f"--{name}", type=int, default=default)
-    args = ap.parse_args()
-    world.refuse_bad_scene_args(ap, args)
+    world.refuse_bad_scene_args(ap, args := ap.parse_args())
     if min(args.fit_images, args.patch) < 1 or args.codebook_size < 2 or args.image_size % args.patch:
         ap.error(f"--fit-images and --patch must be at least 1, --codebook-size at least 2, and "
                  f"--image-size {args.image_size} must be a multiple of --patch {args.patch}")
     g = torch.Generator().manual_seed(args.seed)
-    train = world.render(world.sample_prompts(args.fit_images, g), args.image_size, g, grid=args.grid)
-    vq = VQCodebook.fit(train, args.codebook_size, args.patch, g, progress=True)
+    vq = VQCodebook.fit(world.render(world.sample_prompts(args.fit_images, g), args.image_size, g, grid=args.grid),
+                        args.codebook_size, args.patch, g, progress=True)
     prompts = world.sample_prompts(args.n, g)
     images = world.render(prompts, args.image_size, g, grid=args.grid)
     wrong = [world.perturb_prompt(p, g) for p in prompts]

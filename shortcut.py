@@ -83,8 +83,7 @@ class Shortcut(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def heads(self, x):  # (B, S, w) -> (B, heads, S, w/heads)
-        B, S, w = x.shape
-        return x.view(B, S, self.n_heads, w // self.n_heads).transpose(1, 2)
+        return x.view(*x.shape[:2], self.n_heads, -1).transpose(1, 2)
 
     def forward(self, prev, new_emb, new_mask, ratio):
         B, N, _ = prev.shape
@@ -231,8 +230,8 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
                    sync=lambda params: None):
     """AdamW on random (trajectory, step) transitions; returns a log with train and validation MSE (one step
     ahead). unroll > 1: each example chains up to that many shortcut steps from a true base step (the way the
-    sampler uses it between base calls) and the loss averages them; unroll=1 is the paper's one-step target.
-    sync(params): between the backward and the step (data parallel: dist.sync_grads)."""
+    sampler uses it between base calls) and the loss averages them; unroll=1 is the paper's one-step target;
+    sync(params) runs between the backward and the step (data parallel: dist.sync_grads)."""
     T = data["feats"].shape[0]
     tr, val = split_rows(data, val_frac)  # held-out trajectories
     opt = torch.optim.AdamW(shortcut.parameters(), lr=lr, weight_decay=0.0)
@@ -260,7 +259,6 @@ def train_shortcut(shortcut, model, data, iters=1000, batch=64, lr=1e-3, val_fra
 
 
 if __name__ == "__main__":
-    # python shortcut.py --ckpt out: the run's speed table; --prompt P: P sampled both ways into shortcut.png
     import report
     import rewards
     import runs
