@@ -8,7 +8,8 @@ and train.py runs in one process exactly as it would without this file.
                the whole (global) batch, so the averaged gradient is one process's on the whole batch
   evaluation   each rank samples its share of the prompts; the images are gathered on every rank
   RL           each rank rolls out rl_prompts / N prompts, each group whole on one rank (advantages stay per
-               group), against its own copy of the frozen reference
+               group), against its own copy of the frozen reference; the loss is pooled over the scored tokens of
+               the whole (global) batch, as for pretraining
   shortcut     each rank collects its share of the trajectories and trains on them; rank 0 times the table
 Only rank 0 writes files (checkpoints, pictures, metrics, the report); every rank reads them to resume. The
 global batch and the number of updates are those of one process, so N processes learn what one does, from
@@ -40,14 +41,14 @@ def rank():
 
 
 def setup(dev):
-    """Join torchrun's process group when there is one (WORLD_SIZE > 1): nccl on CUDA, each rank on its own GPU
-    (LOCAL_RANK), gloo on the CPU. -> the device this rank runs on. Ranks other than 0 print nothing."""
+    """Join torchrun's process group when there is one (WORLD_SIZE > 1): nccl for CUDA tensors, each rank on its
+    own GPU (LOCAL_RANK), gloo for CPU ones (the codebook, logged numbers). -> the device this rank runs on."""
     if int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return dev
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(dev)
-    td.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
+    td.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
     if rank():  # one console, rank 0's: the others print nothing and draw no progress bars (errors still show)
         sys.stdout = open(os.devnull, "w")
         tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
@@ -65,6 +66,12 @@ def main_only(fn):
     def wrapper(*args, **kwargs):
         return fn(*args, **kwargs) if rank() == 0 else None
     return wrapper
+
+
+def seed(s):
+    """This rank's seed for a generator seeded s in one process: each rank draws its own, and no rank's stream is
+    another seed's (the comparison's seeds step by 1000)."""
+    return s + 1_000_003 * rank()
 
 
 def share(n):
@@ -95,7 +102,7 @@ def mean_numbers(stats):
         return stats
     keys = [k for k, v in stats.items() if isinstance(v, (int, float))]
     v = total(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64)) / world()
-    return dict(stats, **dict(zip(keys, v.tolist())))
+    return dict(stats, **{k: type(stats[k])(x) for k, x in zip(keys, v.tolist())})  # ints (counts) stay ints
 
 
 def broadcast(module):
@@ -106,15 +113,18 @@ def broadcast(module):
 
 
 def sync_grads(params, finite=True):
-    """Average the gradients over the ranks (a missing one counts as zero), and whether every rank's loss was
-    finite (all skip the step together, or none does). The all-reduce DDP does, written out."""
+    """Average the gradients over the ranks (a rank without one adds zero; one no rank has stays None, as in one
+    process), and whether every rank's loss was finite (all skip the step together, or none does). The
+    all-reduce DDP does, written out."""
     params = [p for p in params if p.requires_grad]
     if world() == 1:
         return finite
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([float(not finite)], device=grads[0].device)])
+    flags = torch.tensor([p.grad is not None for p in params] + [not finite], dtype=grads[0].dtype,
+                         device=grads[0].device)  # which gradients exist; the last: a non-finite loss
+    flat = torch.cat([g.reshape(-1) for g in grads] + [flags])
     td.all_reduce(flat)
-    flat /= world()
-    for p, g in zip(params, torch.split(flat[:-1], [g.numel() for g in grads])):
-        p.grad = g.view_as(p).to(p.dtype)
-    return flat[-1].item() == 0
+    grads, flags = torch.split(flat, [flat.numel() - flags.numel(), flags.numel()])
+    for p, g, has in zip(params, torch.split(grads / world(), [p.numel() for p in params]), flags.tolist()):
+        p.grad = g.view_as(p).to(p.dtype) if has else None
+    return flags[-1].item() == 0

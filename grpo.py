@@ -124,19 +124,18 @@ def same_shape(what, *xs):
     return shapes[0]
 
 
-def pool_weights(mask, pool="token"):
-    """The pooling as weights (B, S, N) (or (B, N)) that sum to 1 over the scored entries of `mask`, so that a
-    pooled mean is (x * weights).sum(), and a micro-batch's share of it is the sum over its own rows (gradient
-    accumulation stays exact). "token": one mean over every masked entry; "step": MaskFocus's pooling, a mean
-    over each scored step s (x[:, s], all samples) and then the mean over the steps that score anything, so
-    every step weighs the same whatever its number of tokens. (MaskFocus sums the per-step means, one backward
-    each; the mean differs only by the factor S.)"""
+def pool_weights(mask, pool="token", total=lambda n: n):
+    """The pooling as weights (B, S, N) (or (B, N)) summing to 1 over the scored entries of `mask`: a pooled mean
+    is (x * weights).sum(), and a micro-batch's part of it the sum over its rows (gradient accumulation stays
+    exact). "token": one mean over every masked entry; "step": MaskFocus's, a mean over each scored step s (x[:, s],
+    all samples), then over the steps that score anything (MaskFocus sums them: a factor S). total(counts): their
+    sum over data-parallel ranks (dist.total), so all ranks' weights together pool the global batch."""
     mask = mask.float()
     if pool == "token" or mask.ndim == 2:
-        return mask / mask.sum().clamp(min=1)
+        return mask / total(mask.sum()).clamp(min=1)
     if pool != "step":
         raise ValueError(f"pool must be 'token' or 'step', got {pool!r}")
-    n = mask.sum((0, 2), keepdim=True)  # (1, S, 1) tokens scored at each step slot
+    n = total(mask.sum((0, 2), keepdim=True))  # (1, S, 1) tokens scored at each step slot
     return mask / n.clamp(min=1) / (n > 0).sum().clamp(min=1)
 
 
@@ -193,7 +192,8 @@ def policy_logp(model, traj, steps, estimator, masks):
 
 def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
             estimator="remask", mu=1, mask_floor=0.6, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
-            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0, sync=lambda params, finite: finite):
+            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0,
+            sync=lambda params, finite: finite, total=lambda n: n):
     """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
 
     prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
@@ -204,7 +204,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
     weigh_tokens(logp, ref, mask, traj) -> weights (B, S, N) for grpo_loss, given every scored position
     (`mask` before pick_tokens, as GCPO weighs before its loss mask). pool: grpo_loss's pooling.
     micro_batch: rollouts per forward and backward, the gradient accumulated (0: all at once; the same update).
-    sync(params, finite) -> finite: between the backward and the step (data parallel: dist.sync_grads).
+    sync(params, finite) -> finite: between backward and step; total: pool_weights' (data parallel: dist.py).
     Returns a dict of numbers to log."""
     ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
@@ -225,13 +225,13 @@ def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs,
             old, mask = policy_logp(model, traj, chosen, estimator, masks)
         ref, _ = policy_logp(ref_model, traj, chosen, estimator, masks)
     weights = weigh_tokens(old, ref, mask, traj) if weigh_tokens is not None else None  # over every scored token
-    if pick_tokens is not None:
-        mask = mask & pick_tokens(traj)[:, None]  # (B, S, N): only the chosen positions count
-    model.train()
-    stats, skipped, micro = {}, 0, micro_batch or B
+    mask = mask if pick_tokens is None else mask & pick_tokens(traj)[:, None]  # (B, S, N): the chosen positions
+    model.train()  # below: stats NaN if every inner update is skipped
+    stats, skipped, micro = dict.fromkeys(("kl", "clip_ratio", "ratio"), float("nan")), 0, micro_batch or B
+    ranks = total(torch.ones((), device=mask.device))  # sync averages the ranks' gradients: each loss counts x ranks
     for j in range(mu):
         part = slice(j, j + 1) if estimator == "maskgrpo" else slice(None)  # MaskGRPO: iteration j, mask j
-        share = pool_weights(mask[:, part], pool)  # the whole batch's pooling; each micro-batch backs its rows' part
+        share = pool_weights(mask[:, part], pool, total) * ranks  # the whole (global) batch's pooling, split by rows
         opt.zero_grad(set_to_none=True)
         acc, finite = {}, True
         for rows in (slice(i, i + micro) for i in range(0, B, micro)):  # gradient accumulation over micro-batches

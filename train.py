@@ -107,8 +107,8 @@ def stage_pretrain(cfg, vq, dev):
     print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.pretrain_steps} steps of batch {cfg.batch_size} on {dev}"
           + (f" ({B} on each of {W} processes)" if W > 1 else ""))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    g_data = torch.Generator().manual_seed(cfg.seed + 2 + 1000 * dist.rank())  # scenes (CPU), each rank its own
-    g_mask = torch.Generator(dev).manual_seed(cfg.seed + 3 + 1000 * dist.rank())  # masks, prompt drop (device)
+    g_data = torch.Generator().manual_seed(dist.seed(cfg.seed + 2))  # scenes (CPU), each rank its own
+    g_mask = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 3))  # masks, prompt drop (device)
     start, losses, t0 = 0, [], time.time()
     if (snap := load_progress(cfg, "pretrain")) is not None:  # a crashed run: go on exactly where it stopped
         start, losses, t0 = snap["done"], snap["losses"], t0 - snap["seconds"]
@@ -140,7 +140,7 @@ def stage_pretrain(cfg, vq, dev):
 def generate(cfg, model, vq, prompts, dev, seed, mode="confidence"):
     """Sample images for a list of prompts in batches (CPU tensor (B, 3, H, W))."""
     model.eval()
-    g = torch.Generator(dev).manual_seed(seed + 1000 * dist.rank())
+    g = torch.Generator(dev).manual_seed(dist.seed(seed))
     mine, out = prompts[dist.share(len(prompts))], []  # torchrun: this rank's share, gathered below
     for i in tqdm(range(0, len(mine), cfg.eval_batch), desc="sample", leave=False):
         ids = encode_prompts(mine[i:i + cfg.eval_batch]).to(dev)
@@ -218,7 +218,8 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size, kw, steps=steps,
                      k=cfg.rl_k, estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor,
                      clip_eps=cfg.clip_eps, beta=cfg.beta, pool=cfg.rl_pool, generator=g, pick_tokens=pick,
-                     weigh_tokens=weigh, micro_batch=cfg.rl_micro_batch, sync=dist.sync_grads)
+                     weigh_tokens=weigh, micro_batch=cfg.rl_micro_batch, sync=dist.sync_grads,
+                     total=dist.total)
     s = dist.mean_numbers(s)  # torchrun: the ranks' numbers as one
     if s["skipped"]:  # the weights were left alone; say so (the RL stage and the comparison alike)
         tqdm.write(f"[rl] {s['skipped']} of {cfg.rl_mu} inner updates skipped: the loss was not finite")
@@ -228,7 +229,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
 def rl_setup(cfg, model, dev, seed):
     ref = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen pretrained weights: the KL reference
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    seed += 1000 * dist.rank()  # torchrun: each rank its own prompts and rollouts
+    seed = dist.seed(seed)  # torchrun: each rank its own prompts and rollouts
     return ref, opt, torch.Generator().manual_seed(seed), torch.Generator(dev).manual_seed(seed + 1)
 
 
@@ -299,13 +300,13 @@ def stage_shortcut(cfg, model, vq, data, dev):
     """MIGM-Shortcut: train on the final model's trajectories, then the latency / quality table."""
     if (ck := load_stage(cfg, "shortcut")) is not None:
         return ck
-    g, g_cpu = torch.Generator(dev).manual_seed(cfg.seed + 6 + 1000 * dist.rank()), torch.Generator().manual_seed(
+    g, g_cpu = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 6)), torch.Generator().manual_seed(
         cfg.seed + 7)
     T, D = cfg.sample_steps, cfg.d_model
     t0 = time.time()
     ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)[dist.share(cfg.sc_prompts)]).to(dev)
     if dist.rank():
-        g_cpu.manual_seed(cfg.seed + 7 + 1000 * dist.rank())  # torchrun: each rank its own training batches
+        g_cpu.manual_seed(dist.seed(cfg.seed + 7))  # torchrun: each rank its own training batches
     traj = shortcut.collect(model, ids, T, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature, g, cfg.eval_batch)
     net = shortcut.Shortcut(D, cfg.sc_width or D // 2).to(dev)
     dist.broadcast(net)

@@ -221,7 +221,7 @@ def test_a_non_finite_loss_is_skipped_and_never_reaches_the_weights():
     nan = lambda tok: torch.full((tok.shape[0],), float("nan"))
     s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), nan, 4,
                      dict(steps=4, cfg_scale=0.0), mu=3, generator=torch.Generator().manual_seed(0))
-    assert s["skipped"] == 3
+    assert s["skipped"] == 3 and math.isnan(s["kl"])  # logged as not a number, not missing
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
@@ -244,3 +244,19 @@ def test_micro_batches_give_the_same_update_as_one_batch(estimator, pool):
         assert torch.allclose(w0[k], w1[k], atol=1e-5), (k, (w0[k] - w1[k]).abs().max())
     for k in ("kl", "clip_ratio", "ratio", "reward"):
         assert abs(s0[k] - s1[k]) < 1e-5, (k, s0[k], s1[k])
+
+
+@pytest.mark.parametrize("pool", ["token", "step"])
+def test_pool_weights_over_ranks_are_the_global_batchs(pool):
+    """Data parallel: each rank pools its rows with the counts summed over the ranks (`total`), so the ranks'
+    weights side by side are the one-process weights of the whole batch, whatever each rank's own counts."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(6, 3, 10, generator=g) < torch.tensor([0.2, 0.5, 0.9])[:, None]  # (B, S, N), steps differ
+    mask[4:, 0], mask[5] = False, False  # rank 1 (rows 3-5) scores fewer tokens, none at rows 4-5 step 0
+    halves = (mask[:3], mask[3:])
+    def total(n):  # what dist.total returns on each rank: the count summed over both halves
+        return sum(h.float().sum() if n.ndim == 0 else h.float().sum((0, 2), keepdim=True) for h in halves)
+
+    got = torch.cat([grpo.pool_weights(h, pool, total) for h in halves])
+    assert torch.allclose(got, grpo.pool_weights(mask, pool))
+    assert not torch.allclose(torch.cat([grpo.pool_weights(h, pool) for h in halves]) / 2, grpo.pool_weights(mask, pool))
