@@ -24,7 +24,7 @@ All randomness comes from the explicit torch.Generator: same seed, same device, 
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -86,11 +86,9 @@ class Trajectory:
 
     def rows(self, r):
         """The trajectory of samples r (a slice) only: a micro-batch of the rollouts."""
-        per_step = {k: None if v is None else v[:, r] for k, v in vars(self).items() if k in self.PER_STEP}
-        return Trajectory(**per_step, final=self.final[r], prompt_ids=self.prompt_ids[r], cfg_scale=self.cfg_scale,
-                          temperature=self.temperature)
-
-    PER_STEP = ("states", "committed", "tokens", "logp", "entropy", "x0", "features")
+        per_step = {k: None if (v := getattr(self, k)) is None else v[:, r]
+                    for k in ("states", "committed", "tokens", "logp", "entropy", "x0", "features")}  # (T, B, ...)
+        return replace(self, **per_step, final=self.final[r], prompt_ids=self.prompt_ids[r])
 
 
 def branch_features(model, state, prompt_ids, cfg_scale):
@@ -213,7 +211,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Sample from a run made by train.py: a PNG and a GIF, or images/s.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     ap.add_argument("--prompt", default="a red circle left of a blue square")
-    for name, kind, what in [("steps", int, "sampling steps T"), ("cfg", float, "CFG scale"), ("temperature", float, "")]:
+    for name, kind, what in [("steps", int, "sampling steps T"), ("cfg", float, "CFG scale"),
+                             ("temperature", float, "")]:
         ap.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the run's)")
     ap.add_argument("--mode", default="confidence", choices=["confidence", "stochastic"])
     ap.add_argument("--n", type=int, default=8, help="samples to draw of --prompt")
@@ -225,12 +224,13 @@ if __name__ == "__main__":
     for opt, field, v in (("--temperature", "temperature", args.temperature), ("--cfg", "cfg_scale", args.cfg)):
         if v is not None and (problem := config.out_of_range(field, v)):  # train.py's rule for the field
             ap.error(f"{opt} {problem}")
-    if world.prompt_error(args.prompt):
-        ap.error(world.prompt_error(args.prompt))
+    if problem := world.prompt_error(args.prompt):
+        ap.error(problem)
     model, vq, cfg = runs.load_generator(args.ckpt, dev := runs.pick_device(args.device))
-    T, w = args.steps or cfg.sample_steps, cfg.cfg_scale if args.cfg is None else args.cfg
+    T = cfg.sample_steps if args.steps is None else args.steps
+    w = cfg.cfg_scale if args.cfg is None else args.cfg
     temperature = cfg.temperature if args.temperature is None else args.temperature
-    if not 1 <= T <= model.cfg.n_tokens or args.steps == 0 or min(args.n, args.batch) < 1:
+    if not 1 <= T <= model.cfg.n_tokens or min(args.n, args.batch) < 1:
         ap.error(f"--steps must be between 1 and the {model.cfg.n_tokens} image tokens, got {args.steps}; "
                  f"--n and --batch at least 1, got {args.n} and {args.batch}")
     kw = dict(temperature=temperature, choice_temperature=cfg.choice_temperature, mode=args.mode,
@@ -242,7 +242,9 @@ if __name__ == "__main__":
               f"({ms:.2f} ms/image, median of 3 after a warm-up; {ops} aten ops per sampling call)")
     else:
         tokens, traj = sample(model, encode_prompts([args.prompt] * args.n).to(dev), T, w, record=True, **kw)
-        r = rewards.reward(images := vq.decode(tokens), [args.prompt] * args.n)
-        report.save_grid(images, report.verdict_captions([args.prompt] * args.n, r), os.path.join(args.ckpt, "sample.png"))
+        prompts = [args.prompt] * args.n
+        r = rewards.reward(images := vq.decode(tokens), prompts)
+        report.save_grid(images, report.verdict_captions(prompts, r), os.path.join(args.ckpt, "sample.png"))
         report.save_gif(report.trajectory_frames(vq, traj), os.path.join(args.ckpt, "sample.gif"))
-        print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote sample.png and sample.gif in {args.ckpt}")
+        print(f"accuracy {(r >= 1).float().mean():.0%} on {args.n} samples; wrote sample.png and sample.gif in "
+              f"{args.ckpt}")

@@ -280,8 +280,8 @@ if __name__ == "__main__":
     model, vq, cfg = runs.load_generator(args.ckpt, dev)
     T = cfg.sample_steps
     budget = min(T, max(2, T // 2)) if args.budget is None else args.budget  # T=12: 6, the table's last
-    if not 1 <= budget <= T or args.n < 1 or world.prompt_error(args.prompt):
-        ap.error(world.prompt_error(args.prompt) or f"--budget must be between 1 and the run's {T} sampling steps and "
+    if (problem := world.prompt_error(args.prompt)) or not 1 <= budget <= T or args.n < 1:
+        ap.error(problem or f"--budget must be between 1 and the run's {T} sampling steps and "
                                                     f"--n at least 1, got {budget} and {args.n}")
     ids, show, prompts = encode_prompts([args.prompt] * args.n).to(dev), min(args.n, 8), [args.prompt] * args.n
     samplers = {f"vanilla, {T} steps": T, f"shortcut, {budget} base calls": budget}

@@ -349,11 +349,7 @@ def write_trajectory_gif(cfg, model, vq, dev):
 
 
 def main(argv=None):
-    import compare  # focus.py's comparison harness (it imports this file's stages)
-
     cfg = parse_config(argv, __doc__)
-    if cfg.compare:
-        compare.pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
     dev = dist.setup(pick_device(cfg.device))  # torchrun: join the process group, one device per rank
     try:
         return run(cfg, dev)
@@ -363,8 +359,10 @@ def main(argv=None):
 
 def run(cfg, dev):
     """The stages in order, on `dev` (main has joined torchrun's process group when there is one)."""
-    import compare
+    import compare  # focus.py's comparison harness (it imports this file's stages)
 
+    if cfg.compare:
+        compare.pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
     if (W := dist.world()) > 1 and (cfg.batch_size % W or cfg.rl_prompts % W or cfg.sc_prompts < 2 * W):
         raise SystemExit(f"with {W} processes, --batch-size and --rl-prompts must be multiples of {W} and "
                          f"--sc-prompts at least {2 * W}: each process takes an equal share")
