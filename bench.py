@@ -2,24 +2,43 @@
 What measures the samplers: FLOP and op counts, latency, and the shortcut's speed and quality table.
 Not a concept of the papers, so kept out of sample.py and shortcut.py.
 
+  forward_flops     model FLOPs of one forward pass of one sequence, counted as MFU counts them (training: 3x)
   cost              (FLOPs, aten ops) of one call: ops are about one GPU kernel launch each, and a small
                     model on a GPU waits on launches, not FLOPs (the shortcut saves FLOPs, not ops)
   time_interleaved  median latency of several functions, timed in turn round by round (CUDA events on a GPU)
+  pretrain_speed    seconds per pretraining step on fixed random tokens (the model's pace, no scene rendering)
   sampler_speed     images/s of sample.sample at a batch (python sample.py --bench)
   step_distance_mse held-out feature error of chained shortcut steps vs the cache, d steps ahead
   step_cost         (FLOPs, ops) of one base-model step and one shortcut step
   speed_table       vanilla / cache / shortcut rows: latency, speed-up, ops, and the caller's accuracy and quality
+
+python bench.py --preset gpu: pretraining MFU and sampler images/s, eager and compiled, against PEAK_FLOPS.
 """
 
+import copy
 import statistics
 import time
 
 import torch
 from tqdm import tqdm
 
-from model import autocast, null_prompts
+from model import autocast, maskgit_loss, null_prompts
 from sample import sample
 from shortcut import budget_steps, call_steps, chain, masked_sq, sample_with_shortcut
+
+
+PEAK_FLOPS = 790e12  # dense bf16 matrix FLOP/s measured on an H200 (8192^3 products): what MFU divides by
+
+
+def forward_flops(mcfg):
+    """Model FLOPs of one forward pass of one sequence (ModelConfig mcfg: L prompt words + N image tokens, S = L + N),
+    2 per multiply-add: per layer the matmul weights (q, k, v, out: 4 d^2; the MLP: 2 mlp_ratio d^2) on all S
+    positions and attention's two S x S products (4 S^2 d), then the head (d x K) on the N image positions.
+    Embeddings, norms, softmax and RoPE are left out, as MFU counts; a training step counts 3x (backward 2x)."""
+    d, N = mcfg.d_model, mcfg.n_tokens
+    S = mcfg.prompt_len + N
+    layer = 2 * (4 + 2 * mcfg.mlp_ratio) * d * d * S + 4 * S * S * d
+    return mcfg.n_layers * layer + 2 * d * mcfg.codebook_size * N
 
 
 def cost(fn):
@@ -67,12 +86,37 @@ def time_interleaved(fns, device, rounds=5):
     return [statistics.median(ts) for ts in times]
 
 
+def pretrain_speed(model, batch, steps=10, forward=None, rounds=3):
+    """Median seconds per pretraining step at `batch` (train.py's: the MaskGIT loss under autocast, backward,
+    clipping, AdamW), `steps` steps per timed round after a warm-up round, on fixed random tokens: the model's own
+    pace, without the scene rendering and VQ encoding that train.py's stage adds. It trains `model` (use a
+    throwaway). forward: torch.compile(model), to time the compiled step."""
+    dev, cfg = next(model.parameters()).device, model.cfg
+    g = torch.Generator(dev).manual_seed(0)
+    tokens = torch.randint(0, cfg.codebook_size, (batch, cfg.n_tokens), generator=g, device=dev)
+    ids, opt = null_prompts(batch, dev), torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def run():
+        for _ in range(steps):
+            with autocast(dev):
+                loss = maskgit_loss(model if forward is None else forward, tokens, ids, generator=g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    return time_interleaved([run], dev, rounds)[0] / steps
+
+
 def sampler_speed(model, ids, steps, cfg_scale, device, **kw):
     """sample.py --bench: (images/s, ms per image, aten ops per sampling call) of `sample` on the batch ids,
-    median of 3 interleaved rounds after a warm-up; the ops of one call at batch 1 (the same at any batch)."""
+    median of 3 interleaved rounds after a warm-up (compiled too when model.compile_sampling is set); the ops of
+    one eager call at batch 1 (the same at any batch)."""
     kw = dict(kw, generator=None)
     sec = time_interleaved([lambda: sample(model, ids, steps, cfg_scale, **kw)], device, rounds=3)[0]
-    ops = cost(lambda: sample(model, ids[:1], steps, cfg_scale, **kw))[1]
+    eager = copy.copy(model)  # the same weights; ops are counted on the eager path
+    eager.compile_sampling = False
+    ops = cost(lambda: sample(eager, ids[:1], steps, cfg_scale, **kw))[1]
     return len(ids) / sec, 1000 * sec / len(ids), ops
 
 
@@ -135,3 +179,58 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
     for r in rows:
         r["speedup"] = ref / r["ms_per_image"]
     return rows
+
+
+if __name__ == "__main__":
+    # python bench.py --preset gpu: the model's pretraining MFU and the sampler's images/s, eager and compiled
+    import argparse
+
+    import config
+    import runs
+    from model import MaskedTransformer, encode_prompts
+    from world import sample_prompts
+
+    ap = argparse.ArgumentParser(description="Pretraining MFU and sampler images/s on fresh weights, eager and "
+                                             "compiled. Other flags are train.py's (--preset, --device, sizes, "
+                                             "--batch-size, --sample-steps, --cfg-scale).")
+    ap.add_argument("--batches", default="256,4096", help="sampler batch sizes, comma-separated")
+    ap.add_argument("--modes", default="eager,compiled", help="eager, compiled or both")
+    ap.add_argument("--train-steps", type=int, default=10, help="pretraining steps per timed round")
+    args, rest = ap.parse_known_args()
+    cfg = config.parse_config(rest, ap.description)
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+        modes = args.modes.split(",")
+        assert min(batches + [args.train_steps]) >= 1 and modes and set(modes) <= {"eager", "compiled"}
+    except (ValueError, AssertionError):
+        ap.error(f"--batches takes positive integers like 256,4096 and --modes eager and/or compiled, got "
+                 f"{args.batches!r} and {args.modes!r}; --train-steps at least 1")
+    dev = runs.pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = MaskedTransformer(config.model_config(cfg)).to(dev)
+    fwd, T, w = forward_flops(model.cfg), cfg.sample_steps, cfg.cfg_scale
+    mfu = lambda flops: f", {flops / PEAK_FLOPS:6.1%} of {PEAK_FLOPS / 1e12:.0f}" if dev.type == "cuda" else ""
+    print(f"{dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), torch {torch.__version__}, "
+          f"preset {cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{fwd / 1e9:.3f} GFLOP per sequence forward")
+    rows = []
+    for mode in modes:
+        m = copy.deepcopy(model)  # a throwaway copy: every mode starts from the same weights
+        sec = pretrain_speed(m, cfg.batch_size, args.train_steps, torch.compile(m) if mode == "compiled" else None)
+        flops = 3 * fwd * cfg.batch_size / sec
+        rows.append(f"pretrain  {mode:>8} batch {cfg.batch_size:>5}: {1000 * sec:8.2f} ms/step, {flops / 1e12:7.2f} "
+                    f"model TFLOP/s{mfu(flops)}")
+        print(rows[-1])
+    model.eval()
+    kw = dict(temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
+    per_image = T * (2 if w else 1) * fwd  # the trunk's FLOPs of one image's sampling
+    for B in batches:
+        ids = encode_prompts(sample_prompts(B, torch.Generator().manual_seed(0))).to(dev)
+        for mode in modes:
+            model.compile_sampling = mode == "compiled"
+            per_s, ms, ops = sampler_speed(model, ids, T, w, dev, **kw)
+            rows.append(f"sample    {mode:>8} batch {B:>5}: {per_s:10,.1f} images/s ({ms:.3f} ms/image), "
+                        f"{per_s * per_image / 1e12:7.2f} model TFLOP/s{mfu(per_s * per_image)}; "
+                        f"T={T}, CFG {w}, {ops} eager ops per call")
+            print(rows[-1])
+    print("\n".join(["", "summary:"] + rows))

@@ -56,6 +56,7 @@ def stage_compare(cfg, vq, data, dev):
     marks = sorted({round(n_up * f) for f in (1 / 3, 2 / 3, 1)})
     prompts = held_out_prompts(cfg, data)
     model = MaskedTransformer(model_config(cfg)).to(dev)
+    model.compile_sampling = cfg.compile
     acc = lambda m: held_out_accuracy(cfg, m, vq, prompts, dev)
     model.load_state_dict(pre_state)
     acc0 = acc(model)

@@ -24,6 +24,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | mps
     seed: int = 0
     fresh: bool = False  # redo every stage even if its checkpoint matches
+    compile: bool = False  # torch.compile pretraining's forward and the samplers' model calls (CUDA graphs on CUDA)
     # world and codebook
     image_size: int = 32
     patch: int = 4  # 4x4-pixel patches: an 8x8 grid of 64 image tokens at 32x32

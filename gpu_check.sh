@@ -4,14 +4,15 @@
 #   bash gpu_check.sh                        # on the GPU machine, from the repository root
 #   PRESET=tiny DEVICE=cpu DEADLINE=120 OUT=/tmp/g bash gpu_check.sh     # a dry run anywhere
 #
-# In order, each step given what is left of DEADLINE seconds (default 400) and stopped (SIGINT, then KILL)
+# In order, each step given what is left of DEADLINE seconds (default 540) and stopped (SIGINT, then KILL)
 # when they run out:
-#   1. python train.py --preset gpu: pretraining, evaluation, RL, evaluation, shortcut table
-#   2. python sample.py --bench: images/s at T=12 with CFG, batch 256, on the final model, and its ops
-#   3. python shortcut.py --prompt ... --n B for B in $SWEEP (256 1024 4096): vanilla vs the shortcut's default budget (half the steps),
-#      ms/image at each batch, to show where launches stop setting the pace (the table's batch is the preset's sc_bench_batch)
-#   4. python train.py --preset gpu --compare: the five focus.py variants x 3 seeds; seed by seed, so
-#      one stopped early still compares every variant, and metrics.jsonl holds each finished run
+#   1. python train.py --preset gpu [$TRAIN_FLAGS, e.g. --compile]: every stage; report.md ends with each
+#      stage's seconds, and its pretraining table gives the model TFLOP/s and MFU
+#   2. python bench.py --preset gpu: pretraining ms/step and MFU, sampler images/s at each batch of $SWEEP
+#      (256 4096), eager and compiled ($MODES), with the model TFLOP/s and their share of the 790 TFLOP/s peak
+#   3. python shortcut.py --prompt ... --n B for B in $SWEEP: vanilla vs the shortcut at half the base calls,
+#      CUDA-event ms/image at each batch (the table in report.md is at the preset's sc_bench_batch)
+#   4. python train.py --preset gpu --compare --compare-seeds 1: the five focus.py variants on one seed
 # Stopping loses at most `--snapshot-secs` of a stage: a rerun on the same machine (whose ignored out/ is kept
 # while it stays warm) skips finished stages and resumes the unfinished one from its snapshot, so the same
 # command, repeated, goes on where the last one stopped. Whatever happens, $OUT ends up holding gpu.log (all
@@ -20,8 +21,10 @@ set -u
 PY=${PY:-python3}
 PRESET=${PRESET:-gpu}
 DEVICE=${DEVICE:-auto}
-DEADLINE=${DEADLINE:-400}
-SWEEP=${SWEEP:-256 1024 4096}
+DEADLINE=${DEADLINE:-540}
+SWEEP=${SWEEP:-256 4096}
+MODES=${MODES:-eager,compiled}
+TRAIN_FLAGS=${TRAIN_FLAGS:-}
 RUN=${RUN:-out}
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -63,9 +66,9 @@ trap keep EXIT
 } >>"$log" 2>&1
 
 common=(--preset "$PRESET" --device "$DEVICE" --out "$RUN" --snapshot-secs 20)
-step train "$PY" train.py "${common[@]}"
-step bench "$PY" sample.py --ckpt "$RUN" --bench --batch 256 --steps 12 --device "$DEVICE"
+step train "$PY" train.py "${common[@]}" $TRAIN_FLAGS
+step bench "$PY" bench.py --preset "$PRESET" --device "$DEVICE" --batches "${SWEEP// /,}" --modes "$MODES"
 for n in $SWEEP; do
     step "sweep $n" "$PY" shortcut.py --ckpt "$RUN" --prompt "three green triangles" --n "$n" --device "$DEVICE"
 done
-step compare "$PY" train.py "${common[@]}" --compare
+step compare "$PY" train.py "${common[@]}" $TRAIN_FLAGS --compare --compare-seeds 1

@@ -198,6 +198,16 @@ def speed_table_lines(table):
                     for r in table]
 
 
+def pretrain_flops(cfg, pre, dev):
+    """Pretraining's model TFLOP/s (bench.forward_flops x 3 per scene, scene rendering in the time), and its MFU
+    against bench.PEAK_FLOPS on CUDA."""
+    from bench import PEAK_FLOPS, forward_flops
+    from config import model_config
+    flops = 3 * forward_flops(model_config(cfg)) * cfg.batch_size * cfg.pretrain_steps / max(pre["seconds"], 1e-9)
+    mfu = f" (MFU {flops / PEAK_FLOPS:.1%} of {PEAK_FLOPS / 1e12:.0f})" if torch.device(dev).type == "cuda" else ""
+    return f"{flops / 1e12:.3g}{mfu}"
+
+
 def mse_text(mse):
     """The codebook's reconstruction MSE as read: the grid-aligned world has few distinct patches, so often 0."""
     return "0 (lossless)" if mse == 0 else f"{mse:.1e}"
@@ -211,11 +221,12 @@ def write_report(cfg, dev, vq_mse, res):
         "# Report", "",
         f"Preset `{cfg.preset}` on `{dev}`; command: `python {' '.join(sys.argv)}`", "",
         "## Pretraining", "",
-        "| image | tokens | codebook K | VQ MSE | params | steps x batch | loss first -> last | pretrain s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| image | tokens | codebook K | VQ MSE | params | steps x batch | loss first -> last | pretrain s | "
+        "model TFLOP/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {cfg.image_size}x{cfg.image_size} | {cfg.n_tokens} | {cfg.codebook_size} | {vq} "
         f"| {pre['params'] / 1e6:.2f}M | {cfg.pretrain_steps} x {cfg.batch_size} | {pre['first_loss']:.2f} -> "
-        f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} |", "",
+        f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} | {pretrain_flops(cfg, pre, dev)} |", "",
         f"Evaluation: {cfg.eval_prompts} prompts x {cfg.eval_samples} samples, T={cfg.sample_steps}, "
         f"CFG {cfg.cfg_scale}, temperature {cfg.temperature}, confidence sampling; accuracy = reward 1.0.", "",
         "| model | overall | " + " | ".join(world.CATEGORIES) + " | mean reward | quality FD (lower is better) |",
@@ -276,6 +287,9 @@ def write_report(cfg, dev, vq_mse, res):
                   f"that time every row in turn); accuracy and quality "
                   f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",
                   *speed_table_lines(sc["table"])]
+    if "wall" in res:  # train.py's own run (report.py rebuilding from checkpoints has no clock)
+        lines += ["", "## Wall time", "", "Seconds of the command above, stage by stage (a stage it found finished: "
+                  "about 0): " + ", ".join(f"{k} {v:.0f}" for k, v in res["wall"].items()) + "."]
     with open(os.path.join(cfg.out, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -23,6 +23,7 @@ All randomness comes from the explicit torch.Generator: same seed, same device, 
 """
 
 import argparse
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -91,13 +92,34 @@ class Trajectory:
         return replace(self, **per_step, final=self.final[r], prompt_ids=self.prompt_ids[r])
 
 
-def branch_features(model, state, prompt_ids, cfg_scale):
-    """Final features (cB, N, D) for one step: with CFG the conditional rows, then the null prompt's."""
+def branch_features(model, state, prompt_ids, cfg_scale, sampling=False):
+    """Final features (cB, N, D) for one step: with CFG the conditional rows, then the null prompt's.
+    sampling=True (the sampling loops, never a loss): compiled when the model's compile_sampling is set."""
     B = state.shape[0]
     if cfg_scale:
         state, prompt_ids = torch.cat([state, state]), torch.cat([prompt_ids, null_prompts(B, state.device)])
     with autocast(state.device):
+        if sampling and getattr(model, "compile_sampling", False):
+            return compiled_features(model, state, prompt_ids)
         return model.features(state, prompt_ids)
+
+
+def compiled_features(model, tokens, prompt_ids):
+    """model.features(tokens, prompt_ids) through torch.compile (train.py --compile). On CUDA with mode
+    "reduce-overhead": CUDA graphs replay the trunk's hundred-odd kernels as one launch, and a small model's
+    sampling step waits on launches more than on FLOPs. A graph's outputs are overwritten by its next replay,
+    so the features are cloned out. One compilation per model class serves every model of it (a second batch
+    shape recompiles once, with the batch dynamic from then on; CUDA graphs record each shape once)."""
+    cuda = tokens.device.type == "cuda"
+    if cuda:
+        torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer read
+    feats = _compiled(type(model).features, cuda)(model, tokens, prompt_ids)
+    return feats.clone() if cuda else feats
+
+
+@functools.cache
+def _compiled(fn, cuda):
+    return torch.compile(fn, mode="reduce-overhead" if cuda else None)
 
 
 def guided_logits(model, feats, cfg_scale, detach_uncond=False):
@@ -115,9 +137,9 @@ def guided_logits(model, feats, cfg_scale, detach_uncond=False):
     return logits
 
 
-def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False, detach_uncond=False):
+def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False, detach_uncond=False, sampling=False):
     """Guided logits (B, N, K) in float32 for one step, [and the conditional features (B, N, D)]."""
-    feats = branch_features(model, state, prompt_ids, cfg_scale)
+    feats = branch_features(model, state, prompt_ids, cfg_scale, sampling)
     logits = guided_logits(model, feats, cfg_scale, detach_uncond)
     return (logits, feats[: state.shape[0]].float()) if return_features else logits
 
@@ -178,7 +200,8 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
     rec = {k: [] for k in names}
     with autocast(dev):  # one region for the whole loop: on CUDA, weights that require grad are cast to bf16 once
         for t in range(steps):
-            logits, feats = policy_logits(model, state, prompt_ids, cfg_scale, return_features=True)
+            logits, feats = policy_logits(model, state, prompt_ids, cfg_scale, return_features=True,
+                                          sampling=True)
             new, committed, tokens, logp, entropy = sample_step(
                 logits, state, model.mask_id, t, steps, commits[t], mode, choice_temperature, generator,
                 temperature, token_temperature)
@@ -218,6 +241,7 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=8, help="samples to draw of --prompt")
     ap.add_argument("--bench", action="store_true", help="print images/s at --batch instead (bench.py)")
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--compile", action="store_true", help="the model's calls through torch.compile (CUDA graphs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
@@ -227,6 +251,7 @@ if __name__ == "__main__":
     if problem := world.prompt_error(args.prompt):
         ap.error(problem)
     model, vq, cfg = runs.load_generator(args.ckpt, dev := runs.pick_device(args.device))
+    model.compile_sampling = args.compile
     T = cfg.sample_steps if args.steps is None else args.steps
     w = cfg.cfg_scale if args.cfg is None else args.cfg
     temperature = cfg.temperature if args.temperature is None else args.temperature
@@ -238,7 +263,7 @@ if __name__ == "__main__":
     if args.bench:
         ids = encode_prompts(world.sample_prompts(args.batch, torch.Generator().manual_seed(0))).to(dev)
         per_s, ms, ops = bench.sampler_speed(model, ids, T, w, dev, **kw)
-        print(f"{dev.type}: batch {args.batch}, T={T}, cfg {w}: {per_s:,.1f} images/s "
+        print(f"{dev.type}{' compiled' * args.compile}: batch {args.batch}, T={T}, cfg {w}: {per_s:,.1f} images/s "
               f"({ms:.2f} ms/image, median of 3 after a warm-up; {ops} aten ops per sampling call)")
     else:
         tokens, traj = sample(model, encode_prompts([args.prompt] * args.n).to(dev), T, w, record=True, **kw)

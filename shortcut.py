@@ -147,7 +147,7 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     with autocast(state.device):  # one region for the loop, as in sample.sample: bf16 weight copies made once
         for t in range(steps):
             if t in calls:
-                feats = branch_features(model, state, prompt_ids, cfg_scale)  # (cB, N, D)
+                feats = branch_features(model, state, prompt_ids, cfg_scale, sampling=True)  # (cB, N, D)
             elif not cache:
                 n = 1 if uncond == "cache" else c  # branches the shortcut moves: rows [0, nB) of feats
                 ratio = (state == model.mask_id).float().mean(1).repeat(n)  # (nB,)

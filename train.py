@@ -79,15 +79,16 @@ def lr_at(step, cfg, total):
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, total - cfg.warmup)))
 
 
-def pretrain_step(cfg, model, opt, tokens, prompt_ids, masks, step):
+def pretrain_step(cfg, model, opt, tokens, prompt_ids, masks, step, forward=None):
     """One AdamW step on the MaskGIT loss of this rank's share of the batch -> the loss. Under torchrun the loss
     is normalised by the global batch's masked tokens and the gradients averaged over the ranks (dist.py): every
-    rank takes the step one process would take on the whole batch."""
+    rank takes the step one process would take on the whole batch. forward: the model's torch.compile'd twin
+    (--compile; it shares the weights), used for the loss in place of the model."""
     for group in opt.param_groups:
         group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
     norm = None if dist.world() == 1 else dist.total(masks[0].sum().float()) / dist.world()
     with autocast(tokens.device):
-        loss = maskgit_loss(model, tokens, prompt_ids, masks=masks, normalizer=norm)
+        loss = maskgit_loss(model if forward is None else forward, tokens, prompt_ids, masks=masks, normalizer=norm)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     dist.sync_grads(model.parameters())
@@ -99,6 +100,7 @@ def pretrain_step(cfg, model, opt, tokens, prompt_ids, masks, step):
 def stage_pretrain(cfg, vq, dev):
     torch.manual_seed(cfg.seed)  # the weight init
     model = MaskedTransformer(model_config(cfg)).to(dev)
+    model.compile_sampling = cfg.compile  # copies made later (RL's reference, the comparison's) inherit it
     if (ck := load_stage(cfg, "pretrain")) is not None:
         model.load_state_dict(ck["state"])
         return model, ck
@@ -107,6 +109,7 @@ def stage_pretrain(cfg, vq, dev):
     print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.pretrain_steps} steps of batch {cfg.batch_size} on {dev}"
           + (f" ({B} on each of {W} processes)" if W > 1 else ""))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    forward = torch.compile(model) if cfg.compile else None  # the weights stay model's: checkpoints stay plain
     g_data = torch.Generator().manual_seed(dist.seed(cfg.seed + 2))  # scenes (CPU), each rank its own
     g_mask = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 3))  # masks, prompt drop (device)
     start, losses, t0 = 0, [], time.time()
@@ -119,7 +122,7 @@ def stage_pretrain(cfg, vq, dev):
         prompts = world.sample_prompts(B, g_data)
         tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
         masks = maskgit_masks(B, cfg.n_tokens, g_mask, dev, cfg.prompt_drop)
-        loss = pretrain_step(cfg, model, opt, tokens, encode_prompts(prompts).to(dev), masks, step)
+        loss = pretrain_step(cfg, model, opt, tokens, encode_prompts(prompts).to(dev), masks, step, forward)
         losses.append(dist.total(loss).item() / W)  # the global batch's mean
         if step % 50 == 0 or step == cfg.pretrain_steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
@@ -367,26 +370,40 @@ def run(cfg, dev):
         raise SystemExit(f"with {W} processes, --batch-size and --rl-prompts must be multiples of {W} and "
                          f"--sc-prompts at least {2 * W}: each process takes an equal share")
     make_out(cfg.out)
-    t0 = time.time()
+    marks, wall = [time.time()], {}  # this invocation's seconds per stage (a stage found finished: about 0)
+
+    def lap(name):
+        marks.append(time.time())
+        wall[name] = marks[-1] - marks[-2]
+
     data = stage_data(cfg)
     vq, vq_mse = stage_codebook(cfg, data)
+    lap("data and codebook")
     model, pre = stage_pretrain(cfg, vq, dev)
+    lap("pretrain")
     res = dict(cfg=cfg, pretrain=pre, eval_pretrain=stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev))
     write_trajectory_gif(cfg, model, vq, dev)
+    lap("evaluate")
     models = {"pretrained": model}
     if cfg.rl_updates > 0:
         models["pretrained"] = copy.deepcopy(model)  # RL trains `model` in place
         model, res["rl"] = stage_rl(cfg, model, vq, data, dev)
+        lap("rl")
         res["eval_rl"] = stage_evaluate(cfg, "eval_rl", model, vq, data, dev)
         models["after RL"] = model
+        lap("evaluate after RL")
     if cfg.sweep_steps:
         res["sweep"] = stage_sweep(cfg, models, vq, data, dev)
+        lap("sweep")
     if cfg.sc_iters > 0:
         res["shortcut"] = stage_shortcut(cfg, model, vq, data, dev)
+        lap("shortcut")
     if cfg.compare:
         res["compare"] = compare.stage_compare(cfg, vq, data, dev)
+        lap("compare")
+    res["wall"] = dict(wall, total=time.time() - marks[0])
     report.write_report(cfg, dev, vq_mse, res)
-    print(f"done in {time.time() - t0:.0f}s; see {cfg.out}/report.md")
+    print("[wall] " + ", ".join(f"{k} {v:.0f}s" for k, v in res["wall"].items()) + f"; see {cfg.out}/report.md")
     return res
 
 

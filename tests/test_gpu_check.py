@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("time
 
 
 def test_gpu_check_runs_every_step_and_keeps_its_files(tmp_path):
-    env = dict(os.environ, PY=sys.executable, PRESET="tiny", DEVICE="cpu", DEADLINE="300", SWEEP="8 64",
+    env = dict(os.environ, PY=sys.executable, PRESET="tiny", DEVICE="cpu", DEADLINE="300", SWEEP="8 64", MODES="eager",
                OUT=str(tmp_path / "out"), RUN=str(tmp_path / "run"))
     res = subprocess.run(["bash", "gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr

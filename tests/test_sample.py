@@ -6,7 +6,7 @@ import torch
 from model import MaskedTransformer, ModelConfig, encode_prompts
 from torch.overrides import TorchFunctionMode
 
-from bench import cost, time_interleaved
+from bench import cost, forward_flops, time_interleaved
 from sample import commit_counts, mask_counts, mask_schedule, policy_logits, sample
 
 
@@ -155,6 +155,18 @@ def test_cost_counts_flops_and_ops_not_views():
     assert cost(lambda: (a @ b.t()).relu()) == (2 * 2 * 3 * 4, 2)  # matmul + relu; the transpose is a view
     assert cost(lambda: a.view(6)[1:].unsqueeze(0)) == (0, 0)
     assert cost(lambda: torch.cat([a, a]) + 1) == (0, 2)
+
+
+def test_forward_flops_by_hand_and_as_torch_counts_them():
+    cfg = ModelConfig(codebook_size=4, n_tokens=4, d_model=8, n_layers=1, n_heads=2)  # S = 8 words + 4 tokens = 12
+    # a layer: 2 x (4 + 2 x 4) d^2 x S = 18432 (q, k, v, out, MLP) + attention 4 S^2 d = 4608; the head 2 d K N = 256
+    assert forward_flops(cfg) == 18432 + 4608 + 256
+    for cfg in (cfg, ModelConfig(codebook_size=16, n_tokens=16, d_model=32, n_layers=2, n_heads=4, mlp_ratio=2)):
+        model = MaskedTransformer(cfg)
+        x = torch.randint(0, cfg.codebook_size, (3, cfg.n_tokens))
+        attention = cfg.n_layers * 4 * (cfg.prompt_len + cfg.n_tokens) ** 2 * cfg.d_model
+        counted = cost(lambda: model(x, encode_prompts(["a red circle"] * 3)))[0]  # torch's counter skips the CPU's
+        assert counted == 3 * (forward_flops(cfg) - attention)  # fused attention kernel: the matmuls agree exactly
 
 
 def test_time_interleaved_takes_every_row_in_turn_and_the_median(monkeypatch):

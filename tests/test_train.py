@@ -316,6 +316,26 @@ def test_tiny_pipeline_under_bf16_autocast(tmp_path, monkeypatch):
     assert all(r["kind"] in ("vanilla", "cache", "shortcut") for r in res["shortcut"]["table"])
 
 
+def test_compile_gives_the_eager_run_and_plain_checkpoints(tmp_path):
+    """--compile: pretraining's forward and every sampling loop (evaluation, RL rollouts, the shortcut's table)
+    through torch.compile. On the CPU the compiled float32 graphs agree with eager to rounding, so the same
+    seeds give the same tokens; the checkpoints hold the plain model's keys (no _orig_mod.)."""
+    res = {}
+    for mode in ("eager", "compiled"):
+        res[mode] = train.main(["--preset", "tiny", "--out", str(tmp_path / mode), "--rl-updates", "2"]
+                               + ["--compile"] * (mode == "compiled"))
+    eager, comp = res["eager"], res["compiled"]
+    assert comp["pretrain"]["last_loss"] == pytest.approx(eager["pretrain"]["last_loss"], abs=1e-4)
+    for stage in ("eval_pretrain", "eval_rl"):  # the same tokens: the same reward for every sample
+        assert torch.equal(comp[stage]["rewards"], eager[stage]["rewards"]), stage
+    assert [r["reward"] for r in comp["rl"]["log"]] == [r["reward"] for r in eager["rl"]["log"]]
+    assert [r["accuracy"] for r in comp["shortcut"]["table"]] == [r["accuracy"] for r in eager["shortcut"]["table"]]
+    for name in ("pretrain", "rl"):
+        plain, compiled = (runs.load_checkpoint(str(tmp_path / m / f"{name}.pt"))["state"] for m in res)
+        assert list(compiled) == list(plain) and not any("_orig_mod" in k for k in compiled)
+        assert all(torch.allclose(compiled[k], plain[k], atol=1e-4) for k in plain)
+
+
 def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
     """A crash in the second run of the comparison keeps the first run; the rerun does only the rest and
     matches an uninterrupted comparison."""
