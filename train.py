@@ -112,7 +112,7 @@ def stage_pretrain(cfg, vq, dev):
     forward = torch.compile(model) if cfg.compile else None  # the weights stay model's: checkpoints stay plain
     g_data = torch.Generator().manual_seed(dist.seed(cfg.seed + 2))  # scenes (CPU), each rank its own
     g_mask = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 3))  # masks, prompt drop (device)
-    start, losses, t0 = 0, [], time.time()
+    start, losses, pending, t0 = 0, [], [], time.time()
     if (snap := load_progress(cfg, "pretrain")) is not None:  # a crashed run: go on exactly where it stopped
         start, losses, t0 = snap["done"], snap["losses"], t0 - snap["seconds"]
         restore(snap, model=model, opt=opt, g_data=g_data, g_mask=g_mask)
@@ -123,11 +123,15 @@ def stage_pretrain(cfg, vq, dev):
         tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
         masks = maskgit_masks(B, cfg.n_tokens, g_mask, dev, cfg.prompt_drop)
         loss = pretrain_step(cfg, model, opt, tokens, encode_prompts(prompts).to(dev), masks, step, forward)
-        losses.append(dist.total(loss).item() / W)  # the global batch's mean
-        if step % 50 == 0 or step == cfg.pretrain_steps - 1:
+        pending.append(dist.total(loss) / W)  # the global batch's mean, left on the device: no wait for the GPU
+        log, snap_due = step % 50 == 0 or step == cfg.pretrain_steps - 1, time.time() - t_snap >= cfg.snapshot_secs
+        if log or snap_due:  # one read-back per 50 steps: between them the CPU draws scenes while the GPU trains
+            losses += torch.stack(pending).tolist()
+            pending = []
+        if log:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
             report.log_metrics(cfg, stage="pretrain", step=step, loss=losses[-1], seconds=round(time.time() - t0, 1))
-        if time.time() - t_snap >= cfg.snapshot_secs and step + 1 < cfg.pretrain_steps:
+        if snap_due and step + 1 < cfg.pretrain_steps:
             save_progress(cfg, "pretrain", step + 1, "steps", losses=losses, seconds=time.time() - t0,
                           **snapshot(model=model, opt=opt, g_data=g_data, g_mask=g_mask))
             t_snap = time.time()
