@@ -105,21 +105,21 @@ def branch_features(model, state, prompt_ids, cfg_scale, sampling=False):
 
 
 def compiled_features(model, tokens, prompt_ids):
-    """model.features(tokens, prompt_ids) through torch.compile (train.py --compile). On CUDA with mode
-    "reduce-overhead": CUDA graphs replay the trunk's hundred-odd kernels as one launch, and a small model's
+    """model.features(tokens, prompt_ids) through torch.compile (train.py --compile), mode "reduce-overhead": on
+    CUDA its CUDA graphs replay the trunk's hundred-odd kernels as one launch, and a small model's
     sampling step waits on launches more than on FLOPs. A graph's outputs are overwritten by its next replay,
     so the features are cloned out. One compilation per model class serves every model of it (a second batch
     shape recompiles once, with the batch dynamic from then on; CUDA graphs record each shape once)."""
     cuda = tokens.device.type == "cuda"
     if cuda:
         torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are no longer read
-    feats = _compiled(type(model).features, cuda)(model, tokens, prompt_ids)
+    feats = _compiled(type(model).features)(model, tokens, prompt_ids)
     return feats.clone() if cuda else feats
 
 
 @functools.cache
-def _compiled(fn, cuda):
-    return torch.compile(fn, mode="reduce-overhead" if cuda else None)
+def _compiled(fn):
+    return torch.compile(fn, mode="reduce-overhead")  # elsewhere than CUDA the same, without CUDA graphs
 
 
 def guided_logits(model, feats, cfg_scale, detach_uncond=False):

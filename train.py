@@ -376,35 +376,28 @@ def run(cfg, dev):
     make_out(cfg.out)
     marks, wall = [time.time()], {}  # this invocation's seconds per stage (a stage found finished: about 0)
 
-    def lap(name):
+    def lap(name, out):
         marks.append(time.time())
         wall[name] = marks[-1] - marks[-2]
+        return out
 
     data = stage_data(cfg)
-    vq, vq_mse = stage_codebook(cfg, data)
-    lap("data and codebook")
-    model, pre = stage_pretrain(cfg, vq, dev)
-    lap("pretrain")
+    vq, vq_mse = lap("data and codebook", stage_codebook(cfg, data))
+    model, pre = lap("pretrain", stage_pretrain(cfg, vq, dev))
     res = dict(cfg=cfg, pretrain=pre, eval_pretrain=stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev))
-    write_trajectory_gif(cfg, model, vq, dev)
-    lap("evaluate")
+    lap("evaluate", write_trajectory_gif(cfg, model, vq, dev))
     models = {"pretrained": model}
     if cfg.rl_updates > 0:
         models["pretrained"] = copy.deepcopy(model)  # RL trains `model` in place
-        model, res["rl"] = stage_rl(cfg, model, vq, data, dev)
-        lap("rl")
-        res["eval_rl"] = stage_evaluate(cfg, "eval_rl", model, vq, data, dev)
+        model, res["rl"] = lap("rl", stage_rl(cfg, model, vq, data, dev))
+        res["eval_rl"] = lap("evaluate after RL", stage_evaluate(cfg, "eval_rl", model, vq, data, dev))
         models["after RL"] = model
-        lap("evaluate after RL")
     if cfg.sweep_steps:
-        res["sweep"] = stage_sweep(cfg, models, vq, data, dev)
-        lap("sweep")
+        res["sweep"] = lap("sweep", stage_sweep(cfg, models, vq, data, dev))
     if cfg.sc_iters > 0:
-        res["shortcut"] = stage_shortcut(cfg, model, vq, data, dev)
-        lap("shortcut")
+        res["shortcut"] = lap("shortcut", stage_shortcut(cfg, model, vq, data, dev))
     if cfg.compare:
-        res["compare"] = compare.stage_compare(cfg, vq, data, dev)
-        lap("compare")
+        res["compare"] = lap("compare", compare.stage_compare(cfg, vq, data, dev))
     res["wall"] = dict(wall, total=time.time() - marks[0])
     report.write_report(cfg, dev, vq_mse, res)
     print("[wall] " + ", ".join(f"{k} {v:.0f}s" for k, v in res["wall"].items()) + f"; see {cfg.out}/report.md")
