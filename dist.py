@@ -55,8 +55,12 @@ def setup(dev):
     return dev
 
 
-def cleanup():
+def cleanup(wait=True):
+    """Leave the process group; wait: after a barrier (gloo aborts a process whose peer closed its connection
+    while it was still finishing its last collective)."""
     if td.is_initialized():
+        if wait:
+            td.barrier()
         td.destroy_process_group()
 
 

@@ -359,9 +359,12 @@ def main(argv=None):
     cfg = parse_config(argv, __doc__)
     dev = dist.setup(pick_device(cfg.device))  # torchrun: join the process group, one device per rank
     try:
-        return run(cfg, dev)
-    finally:
-        dist.cleanup()
+        res = run(cfg, dev)
+    except BaseException:
+        dist.cleanup(wait=False)  # a failing process does not wait for the others
+        raise
+    dist.cleanup()
+    return res
 
 
 def run(cfg, dev):

@@ -82,7 +82,7 @@ def half_step(rank, world, port, path):
     half = slice(rank * 4, rank * 4 + 4)  # this rank's half of the batch, and of its masks
     state, loss = one_step(model, cfg, tokens[half], ids[half], masked[half], drop[half])
     torch.save(dict(state=state, loss=dist.total(loss) / world), path.format(rank))
-    torch.distributed.destroy_process_group()
+    dist.cleanup()
 
 
 def test_one_step_on_two_half_batches_is_one_step_on_the_whole_batch(tmp_path):
