@@ -7,6 +7,7 @@ Not a concept of the papers, so kept out of sample.py and shortcut.py.
                     model on a GPU waits on launches, not FLOPs (the shortcut saves FLOPs, not ops)
   time_interleaved  median latency of several functions, timed in turn round by round (CUDA events on a GPU)
   pretrain_speed    seconds per pretraining step on fixed random tokens (the model's pace, no scene rendering)
+  compiled_check    the compiled sampling trunk against eager: new shapes, weights changed in place, a second model
   sampler_speed     images/s of sample.sample at a batch (python sample.py --bench)
   step_distance_mse held-out feature error of chained shortcut steps vs the cache, d steps ahead
   step_cost         (FLOPs, ops) of one base-model step and one shortcut step
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from model import autocast, maskgit_loss, null_prompts
-from sample import sample
+from sample import compiled_features, sample
 from shortcut import budget_steps, call_steps, chain, masked_sq, sample_with_shortcut
 
 
@@ -108,15 +109,48 @@ def pretrain_speed(model, batch, steps=10, forward=None, rounds=3):
     return time_interleaved([run], dev, rounds)[0] / steps
 
 
+def eager(model):
+    """The same model (the same weights) with its sampling calls not compiled: what op counts run on."""
+    plain = copy.copy(model)
+    plain.compile_sampling = False
+    return plain
+
+
+@torch.no_grad()
+def compiled_check(model, batch=64):
+    """Relative error of sample.compiled_features against model.features on random boards (under autocast, as the
+    samplers call them): at the first three calls (on CUDA: warm-up, CUDA-graph recording, replay), at a second
+    batch size, after a change of the weights in place (what AdamW does between RL rollouts: a replay must read
+    the new weights), on a changed copy (two models, one compiled function) and on the first again. -> {case: error}:
+    each should be rounding (float32 about 1e-6, bf16 about 1e-2); a stale weight or output gives far more.
+    Works on a copy of model."""
+    model, dev = copy.deepcopy(model).eval(), next(model.parameters()).device
+    g = torch.Generator(dev).manual_seed(0)
+
+    def err(m, B):
+        x = torch.randint(0, m.cfg.codebook_size + 1, (B, m.cfg.n_tokens), generator=g, device=dev)
+        with autocast(dev):
+            c, e = compiled_features(m, x, null_prompts(B, dev)).float(), m.features(x, null_prompts(B, dev)).float()
+        return ((c - e).norm() / e.norm()).item()
+    out = {f"call {i + 1}": err(model, batch) for i in range(3)}
+    out["another batch size"] = err(model, batch + batch // 2)
+    for q in model.parameters():
+        q.add_(0.05 * torch.randn(q.shape, generator=g, device=dev))
+    out["after an in-place update"] = err(model, batch)
+    twin = copy.deepcopy(model)
+    for q in twin.parameters():
+        q.mul_(1.5)
+    out["a second model"], out["the first again"] = err(twin, batch), err(model, batch)
+    return out
+
+
 def sampler_speed(model, ids, steps, cfg_scale, device, **kw):
     """sample.py --bench: (images/s, ms per image, aten ops per sampling call) of `sample` on the batch ids,
     median of 3 interleaved rounds after a warm-up (compiled too when model.compile_sampling is set); the ops of
     one eager call at batch 1 (the same at any batch)."""
     kw = dict(kw, generator=None)
     sec = time_interleaved([lambda: sample(model, ids, steps, cfg_scale, **kw)], device, rounds=3)[0]
-    eager = copy.copy(model)  # the same weights; ops are counted on the eager path
-    eager.compile_sampling = False
-    ops = cost(lambda: sample(eager, ids[:1], steps, cfg_scale, **kw))[1]
+    ops = cost(lambda: sample(eager(model), ids[:1], steps, cfg_scale, **kw))[1]
     return len(ids) / sec, 1000 * sec / len(ids), ops
 
 
@@ -160,7 +194,7 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
     bench_batch (time_interleaved; prompt_ids repeated when there are fewer), and each row's aten ops (cost);
     the metrics on all of prompt_ids. -> rows."""
     dev = prompt_ids.device
-    runs = [lambda ids, g, kind=kind, steps=steps, budget=budget: sample_with_shortcut(
+    runs = [lambda ids, g, kind=kind, steps=steps, budget=budget, model=model: sample_with_shortcut(
         model, shortcut, ids, steps, budget, generator=g, cache=kind == "cache", **sample_kwargs)
         for kind, steps, budget in configs]
     bench_ids = prompt_ids.repeat(-(-bench_batch // len(prompt_ids)), 1)[:bench_batch]  # (bench_batch, L)
@@ -172,7 +206,7 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
         tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
         calls = call_steps(steps, budget)
         listed = dict(calls=calls) if calls != budget_steps(steps, len(calls)) else {}  # only where not even
-        ops = cost(lambda: run(prompt_ids[:1], torch.Generator(dev).manual_seed(seed)))[1]  # any batch: the same
+        ops = cost(lambda: run(prompt_ids[:1], torch.Generator(dev).manual_seed(seed), model=eager(model)))[1]
         rows.append(dict(kind=kind, steps=steps, budget=len(calls), **listed, ops=ops,
                          ms_per_image=1000 * sec / len(bench_ids), **score(tokens)))
     ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
@@ -213,24 +247,38 @@ if __name__ == "__main__":
     print(f"{dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), torch {torch.__version__}, "
           f"preset {cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{fwd / 1e9:.3f} GFLOP per sequence forward")
+    kw = dict(temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
+    per_image = T * (2 if w else 1) * fwd  # the trunk's FLOPs of one image's sampling
+    ids = {B: encode_prompts(sample_prompts(B, torch.Generator().manual_seed(0))).to(dev) for B in batches}
     rows = []
-    for mode in modes:
+
+    def pretrain(mode):
         m = copy.deepcopy(model)  # a throwaway copy: every mode starts from the same weights
         sec = pretrain_speed(m, cfg.batch_size, args.train_steps, torch.compile(m) if mode == "compiled" else None)
         flops = 3 * fwd * cfg.batch_size / sec
-        rows.append(f"pretrain  {mode:>8} batch {cfg.batch_size:>5}: {1000 * sec:8.2f} ms/step, {flops / 1e12:7.2f} "
-                    f"model TFLOP/s{mfu(flops)}")
-        print(rows[-1])
-    model.eval()
-    kw = dict(temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
-    per_image = T * (2 if w else 1) * fwd  # the trunk's FLOPs of one image's sampling
-    for B in batches:
-        ids = encode_prompts(sample_prompts(B, torch.Generator().manual_seed(0))).to(dev)
-        for mode in modes:
-            model.compile_sampling = mode == "compiled"
-            per_s, ms, ops = sampler_speed(model, ids, T, w, dev, **kw)
-            rows.append(f"sample    {mode:>8} batch {B:>5}: {per_s:10,.1f} images/s ({ms:.3f} ms/image), "
-                        f"{per_s * per_image / 1e12:7.2f} model TFLOP/s{mfu(per_s * per_image)}; "
-                        f"T={T}, CFG {w}, {ops} eager ops per call")
+        return (f"pretrain  {mode:>8} batch {cfg.batch_size:>5}: {1000 * sec:8.2f} ms/step, {flops / 1e12:7.2f} "
+                f"model TFLOP/s{mfu(flops)}")
+
+    def sampler(mode, B):
+        model.compile_sampling = mode == "compiled"
+        per_s, ms, ops = sampler_speed(model.eval(), ids[B], T, w, dev, **kw)
+        return (f"sample    {mode:>8} batch {B:>5}: {per_s:10,.1f} images/s ({ms:.3f} ms/image), "
+                f"{per_s * per_image / 1e12:7.2f} model TFLOP/s{mfu(per_s * per_image)}; T={T}, CFG {w}, {ops} eager ops")
+
+    def check():
+        return "compiled vs eager features, relative error: " + ", ".join(
+            f"{k} {v:.1e}" for k, v in compiled_check(model).items())
+    jobs = [(pretrain, "eager")] + [(sampler, "eager", B) for B in batches]  # eager first: a compile error loses
+    jobs += [(check,), (pretrain, "compiled")] + [(sampler, "compiled", B) for B in batches]  # only its own rows
+    for fn, *a in jobs:
+        if (a[0] if a else "compiled") in modes:
+            try:
+                rows.append(fn(*a))
+            except Exception as e:  # say so and go on to the next measurement
+                rows.append(f"{fn.__name__} {' '.join(map(str, a))}: FAILED {type(e).__name__}: {e}"[:400])
             print(rows[-1])
+    if "compiled" in modes and dev.type == "cuda":
+        from torch._dynamo.utils import counters
+        rows.append(f"CUDA graphs skipped: {dict(counters['inductor']).get('cudagraph_skips', 0)} (0: every compiled "
+                    "sampling call replayed a graph)")
     print("\n".join(["", "summary:"] + rows))

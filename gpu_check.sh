@@ -4,12 +4,14 @@
 #   bash gpu_check.sh                        # on the GPU machine, from the repository root
 #   PRESET=tiny DEVICE=cpu DEADLINE=120 OUT=/tmp/g bash gpu_check.sh     # a dry run anywhere
 #
-# In order, each step given what is left of DEADLINE seconds (default 540) and stopped (SIGINT, then KILL)
+# In order, each step given what is left of DEADLINE seconds (default 560) and stopped (SIGINT, then KILL)
 # when they run out:
-#   1. python train.py --preset gpu [$TRAIN_FLAGS, e.g. --compile]: every stage; report.md ends with each
+#   1. python bench.py --preset gpu (at most BENCH_SECS, 210): pretraining ms/step and MFU, sampler images/s at
+#      each batch of $SWEEP (256 4096), eager and compiled ($MODES), with the model TFLOP/s and their share of
+#      790 TFLOP/s; the compiled trunk checked against eager (new shapes, weights changed in place, a second
+#      model) and the count of compiled calls that skipped CUDA graphs. Fresh weights: it needs no run.
+#   2. python train.py --preset gpu [$TRAIN_FLAGS, e.g. --compile]: every stage; report.md ends with each
 #      stage's seconds, and its pretraining table gives the model TFLOP/s and MFU
-#   2. python bench.py --preset gpu: pretraining ms/step and MFU, sampler images/s at each batch of $SWEEP
-#      (256 4096), eager and compiled ($MODES), with the model TFLOP/s and their share of the 790 TFLOP/s peak
 #   3. python shortcut.py --prompt ... --n B for B in $SWEEP: vanilla vs the shortcut at half the base calls,
 #      CUDA-event ms/image at each batch (the table in report.md is at the preset's sc_bench_batch)
 #   4. python train.py --preset gpu --compare --compare-seeds 1: the five focus.py variants on one seed
@@ -21,7 +23,8 @@ set -u
 PY=${PY:-python3}
 PRESET=${PRESET:-gpu}
 DEVICE=${DEVICE:-auto}
-DEADLINE=${DEADLINE:-540}
+DEADLINE=${DEADLINE:-560}
+BENCH_SECS=${BENCH_SECS:-210}
 SWEEP=${SWEEP:-256 4096}
 MODES=${MODES:-eager,compiled}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
@@ -34,10 +37,12 @@ log="$OUT/gpu.log"
 
 left() { echo $((DEADLINE - ($(date +%s) - start))); }
 
-step() {  # step NAME CMD...: run CMD with what is left of the deadline; log its time and exit status
-    local name=$1 t
-    shift
+step() {  # step NAME CAP CMD...: run CMD with what is left of the deadline, at most CAP s (0: no cap);
+          # log its time and exit status
+    local name=$1 cap=$2 t
+    shift 2
     t=$(left)
+    ((cap > 0 && cap < t)) && t=$cap
     if ((t < 15)); then
         echo "[gpu_check] $name: skipped, ${t}s left" | tee -a "$log"
         return 0
@@ -46,7 +51,7 @@ step() {  # step NAME CMD...: run CMD with what is left of the deadline; log its
     local t0=$(date +%s)
     timeout -s INT -k 15 "$t" "$@" >>"$log" 2>&1
     local rc=$?
-    echo "[gpu_check] $name: exit $rc after $(($(date +%s) - t0))s$( ((rc == 124)) && echo ' (deadline: rerun to go on)')" | tee -a "$log"
+    echo "[gpu_check] $name: exit $rc after $(($(date +%s) - t0))s$( ((rc == 124)) && echo ' (deadline: rerun to go on)')$( ((rc == 137)) && echo ' (killed at the deadline: rerun to go on)')" | tee -a "$log"
 }
 
 keep() {  # what comes back: a few files, so one archive beside the log and the report
@@ -66,9 +71,9 @@ trap keep EXIT
 } >>"$log" 2>&1
 
 common=(--preset "$PRESET" --device "$DEVICE" --out "$RUN" --snapshot-secs 20)
-step train "$PY" train.py "${common[@]}" $TRAIN_FLAGS
-step bench "$PY" bench.py --preset "$PRESET" --device "$DEVICE" --batches "${SWEEP// /,}" --modes "$MODES"
+step bench "$BENCH_SECS" "$PY" bench.py --preset "$PRESET" --device "$DEVICE" --batches "${SWEEP// /,}" --modes "$MODES"
+step train 0 "$PY" train.py "${common[@]}" $TRAIN_FLAGS
 for n in $SWEEP; do
-    step "sweep $n" "$PY" shortcut.py --ckpt "$RUN" --prompt "three green triangles" --n "$n" --device "$DEVICE"
+    step "sweep $n" 0 "$PY" shortcut.py --ckpt "$RUN" --prompt "three green triangles" --n "$n" --device "$DEVICE"
 done
-step compare "$PY" train.py "${common[@]}" $TRAIN_FLAGS --compare --compare-seeds 1
+step compare 0 "$PY" train.py "${common[@]}" $TRAIN_FLAGS --compare --compare-seeds 1

@@ -123,9 +123,9 @@ def stage_pretrain(cfg, vq, dev):
         tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
         masks = maskgit_masks(B, cfg.n_tokens, g_mask, dev, cfg.prompt_drop)
         loss = pretrain_step(cfg, model, opt, tokens, encode_prompts(prompts).to(dev), masks, step, forward)
-        pending.append(dist.total(loss) / W)  # the global batch's mean, left on the device: no wait for the GPU
+        pending.append(dist.total(loss) / W)  # the global batch's mean, left on the device (read back below)
         log, snap_due = step % 50 == 0 or step == cfg.pretrain_steps - 1, time.time() - t_snap >= cfg.snapshot_secs
-        if log or snap_due:  # one read-back per 50 steps: between them the CPU draws scenes while the GPU trains
+        if log or snap_due:  # one read-back per 50 steps: the CPU places the next scenes during the backward
             losses += torch.stack(pending).tolist()
             pending = []
         if log:

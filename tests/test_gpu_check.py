@@ -23,7 +23,7 @@ def test_gpu_check_runs_every_step_and_keeps_its_files(tmp_path):
         assert f"[gpu_check] {step}: exit 0" in res.stdout, res.stdout
     assert sorted(os.listdir(tmp_path / "out")) == ["gpu.log", "report.md", "results.tar.gz"]  # three files: few to copy back
     log = (tmp_path / "out" / "gpu.log").read_text()
-    assert "images/s" in log and "Traceback" not in log
+    assert "images/s" in log and "ms/step" in log and "Traceback" not in log
     with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:
         names = {pathlib.Path(n).name for n in tar.getnames()}
     assert {"gpu.log", "report.md", "metrics.jsonl", "compare.png", "samples_rl.png"} <= names
@@ -35,6 +35,6 @@ def test_gpu_check_stops_at_its_deadline_and_still_keeps_its_files(tmp_path):
     env = dict(os.environ, PY=sys.executable, PRESET="cpu", DEVICE="cpu", DEADLINE="20",
                OUT=str(tmp_path / "out"), RUN=str(tmp_path / "run"))
     res = subprocess.run(["bash", "gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert "[gpu_check] train: exit 124" in res.stdout and "rerun to go on" in res.stdout, res.stdout
-    assert "[gpu_check] bench: skipped" in res.stdout and "[gpu_check] compare: skipped" in res.stdout
+    assert "[gpu_check] bench: exit 124" in res.stdout and "rerun to go on" in res.stdout, res.stdout
+    assert "[gpu_check] train: skipped" in res.stdout and "[gpu_check] compare: skipped" in res.stdout
     assert {"gpu.log", "results.tar.gz"} <= set(os.listdir(tmp_path / "out"))

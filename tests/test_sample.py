@@ -1,3 +1,4 @@
+import copy
 import time
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from model import MaskedTransformer, ModelConfig, encode_prompts
 from torch.overrides import TorchFunctionMode
 
+import bench
 from bench import cost, forward_flops, time_interleaved
 from sample import commit_counts, mask_counts, mask_schedule, policy_logits, sample
 
@@ -167,6 +169,17 @@ def test_forward_flops_by_hand_and_as_torch_counts_them():
         attention = cfg.n_layers * 4 * (cfg.prompt_len + cfg.n_tokens) ** 2 * cfg.d_model
         counted = cost(lambda: model(x, encode_prompts(["a red circle"] * 3)))[0]  # torch's counter skips the CPU's
         assert counted == 3 * (forward_flops(cfg) - attention)  # fused attention kernel: the matmuls agree exactly
+
+
+def test_compiled_check_passes_the_compiled_trunk_and_catches_stale_weights(monkeypatch):
+    model = MaskedTransformer(ModelConfig(codebook_size=16, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
+    errors = bench.compiled_check(model, batch=4)  # torch.compile, as --compile runs it
+    assert len(errors) == 7 and max(errors.values()) < 1e-5, errors
+    frozen = {}  # a broken compiled trunk that keeps the weights it first saw (what a stale CUDA graph would do)
+    monkeypatch.setattr(bench, "compiled_features", lambda m, x, p: frozen.setdefault(
+        tuple(x.shape), copy.deepcopy(m)).features(x, p))
+    errors = bench.compiled_check(model, batch=4)
+    assert errors["call 3"] == 0 and errors["after an in-place update"] > 0.01, errors
 
 
 def test_time_interleaved_takes_every_row_in_turn_and_the_median(monkeypatch):
