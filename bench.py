@@ -28,7 +28,7 @@ from sample import compiled_features, sample
 from shortcut import budget_steps, call_steps, chain, masked_sq, sample_with_shortcut
 
 
-PEAK_FLOPS = 790e12  # dense bf16 matrix FLOP/s measured on an H200 (8192^3 products): what MFU divides by
+PEAK_FLOPS = 790e12  # MFU's divisor: an H200's bf16 matmul rate as large products reach it (datasheet: about 989)
 
 
 def forward_flops(mcfg):
@@ -263,7 +263,8 @@ if __name__ == "__main__":
         model.compile_sampling = mode == "compiled"
         per_s, ms, ops = sampler_speed(model.eval(), ids[B], T, w, dev, **kw)
         return (f"sample    {mode:>8} batch {B:>5}: {per_s:10,.1f} images/s ({ms:.3f} ms/image), "
-                f"{per_s * per_image / 1e12:7.2f} model TFLOP/s{mfu(per_s * per_image)}; T={T}, CFG {w}, {ops} eager ops")
+                f"{per_s * per_image / 1e12:7.2f} model TFLOP/s{mfu(per_s * per_image)}; T={T}, CFG {w}, "
+                f"{ops} eager ops")
 
     def check():
         return "compiled vs eager features, relative error: " + ", ".join(
