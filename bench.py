@@ -23,7 +23,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from model import autocast, maskgit_loss, null_prompts
+from model import autocast, maskgit_masks, null_prompts
 from sample import compiled_features, sample
 from shortcut import budget_steps, call_steps, chain, masked_sq, sample_with_shortcut
 
@@ -87,25 +87,20 @@ def time_interleaved(fns, device, rounds=5):
     return [statistics.median(ts) for ts in times]
 
 
-def pretrain_speed(model, batch, steps=10, forward=None, rounds=3):
-    """Median seconds per pretraining step at `batch` (train.py's: the MaskGIT loss under autocast, backward,
-    clipping, AdamW), `steps` steps per timed round after a warm-up round, on fixed random tokens: the model's own
-    pace, without the scene rendering and VQ encoding that train.py's stage adds. It trains `model` (use a
-    throwaway). forward: torch.compile(model), to time the compiled step."""
-    dev, cfg = next(model.parameters()).device, model.cfg
+def pretrain_speed(cfg, model, steps=10, rounds=3):
+    """Median seconds per train.pretrain_step at cfg.batch_size (torch.compile'd when cfg.compile), `steps` steps
+    per timed round after a warm-up round, on fixed random tokens with fresh masks: the model's own pace, without
+    the scene rendering and VQ encoding that train.py's stage adds. It trains `model` (use a throwaway)."""
+    from train import pretrain_step  # train.py imports this file
+    dev, B, N = next(model.parameters()).device, cfg.batch_size, model.cfg.n_tokens
     g = torch.Generator(dev).manual_seed(0)
-    tokens = torch.randint(0, cfg.codebook_size, (batch, cfg.n_tokens), generator=g, device=dev)
-    ids, opt = null_prompts(batch, dev), torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
+    tokens, ids = torch.randint(0, model.cfg.codebook_size, (B, N), generator=g, device=dev), null_prompts(B, dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    net = torch.compile(model.train()) if cfg.compile else model.train()
 
     def run():
-        for _ in range(steps):
-            with autocast(dev):
-                loss = maskgit_loss(model if forward is None else forward, tokens, ids, generator=g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+        for step in range(steps):
+            pretrain_step(cfg, net, opt, tokens, ids, maskgit_masks(B, N, g, dev, cfg.prompt_drop), step)
     return time_interleaved([run], dev, rounds)[0] / steps
 
 
@@ -218,6 +213,7 @@ def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_ba
 if __name__ == "__main__":
     # python bench.py --preset gpu: the model's pretraining MFU and the sampler's images/s, eager and compiled
     import argparse
+    import dataclasses
 
     import config
     import runs
@@ -253,8 +249,8 @@ if __name__ == "__main__":
     rows = []
 
     def pretrain(mode):
-        m = copy.deepcopy(model)  # a throwaway copy: every mode starts from the same weights
-        sec = pretrain_speed(m, cfg.batch_size, args.train_steps, torch.compile(m) if mode == "compiled" else None)
+        sec = pretrain_speed(dataclasses.replace(cfg, compile=mode == "compiled"), copy.deepcopy(model),
+                             args.train_steps)  # a throwaway copy: every mode starts from the same weights
         flops = 3 * fwd * cfg.batch_size / sec
         return (f"pretrain  {mode:>8} batch {cfg.batch_size:>5}: {1000 * sec:8.2f} ms/step, {flops / 1e12:7.2f} "
                 f"model TFLOP/s{mfu(flops)}")

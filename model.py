@@ -119,8 +119,6 @@ class Block(nn.Module):
 class MaskedTransformer(nn.Module):
     """forward(tokens (B, N) in [0, K], prompt_ids (B, L)) -> logits (B, N, K) [, features (B, N, D)]."""
 
-    compile_sampling = False  # sample.py's loops call features through torch.compile when True (--compile)
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg, D = cfg, cfg.d_model

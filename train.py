@@ -79,16 +79,15 @@ def lr_at(step, cfg, total):
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, total - cfg.warmup)))
 
 
-def pretrain_step(cfg, model, opt, tokens, prompt_ids, masks, step, forward=None):
+def pretrain_step(cfg, model, opt, tokens, prompt_ids, masks, step):
     """One AdamW step on the MaskGIT loss of this rank's share of the batch -> the loss. Under torchrun the loss
     is normalised by the global batch's masked tokens and the gradients averaged over the ranks (dist.py): every
-    rank takes the step one process would take on the whole batch. forward: the model's torch.compile'd twin
-    (--compile; it shares the weights), used for the loss in place of the model."""
+    rank takes the step one process would take on the whole batch. model may be torch.compile's wrapper."""
     for group in opt.param_groups:
         group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
     norm = None if dist.world() == 1 else dist.total(masks[0].sum().float()) / dist.world()
     with autocast(tokens.device):
-        loss = maskgit_loss(model if forward is None else forward, tokens, prompt_ids, masks=masks, normalizer=norm)
+        loss = maskgit_loss(model, tokens, prompt_ids, masks=masks, normalizer=norm)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     dist.sync_grads(model.parameters())
@@ -109,7 +108,7 @@ def stage_pretrain(cfg, vq, dev):
     print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.pretrain_steps} steps of batch {cfg.batch_size} on {dev}"
           + (f" ({B} on each of {W} processes)" if W > 1 else ""))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    forward = torch.compile(model) if cfg.compile else None  # the weights stay model's: checkpoints stay plain
+    net = torch.compile(model) if cfg.compile else model  # the same weights; checkpoints save model's plain keys
     g_data = torch.Generator().manual_seed(dist.seed(cfg.seed + 2))  # scenes (CPU), each rank its own
     g_mask = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 3))  # masks, prompt drop (device)
     start, losses, pending, t0 = 0, [], [], time.time()
@@ -122,7 +121,7 @@ def stage_pretrain(cfg, vq, dev):
         prompts = world.sample_prompts(B, g_data)
         tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
         masks = maskgit_masks(B, cfg.n_tokens, g_mask, dev, cfg.prompt_drop)
-        loss = pretrain_step(cfg, model, opt, tokens, encode_prompts(prompts).to(dev), masks, step, forward)
+        loss = pretrain_step(cfg, net, opt, tokens, encode_prompts(prompts).to(dev), masks, step)
         pending.append(dist.total(loss) / W)  # the global batch's mean, left on the device (read back below)
         log, snap_due = step % 50 == 0 or step == cfg.pretrain_steps - 1, time.time() - t_snap >= cfg.snapshot_secs
         if log or snap_due:  # one read-back per 50 steps: the CPU places the next scenes during the backward
@@ -307,8 +306,7 @@ def stage_shortcut(cfg, model, vq, data, dev):
     """MIGM-Shortcut: train on the final model's trajectories, then the latency / quality table."""
     if (ck := load_stage(cfg, "shortcut")) is not None:
         return ck
-    g, g_cpu = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 6)), torch.Generator().manual_seed(
-        cfg.seed + 7)
+    g, g_cpu = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 6)), torch.Generator().manual_seed(cfg.seed + 7)
     T, D = cfg.sample_steps, cfg.d_model
     t0 = time.time()
     ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)[dist.share(cfg.sc_prompts)]).to(dev)
@@ -349,12 +347,6 @@ def stage_shortcut(cfg, model, vq, data, dev):
         ops=(sc_ops, base_ops), bench_batch=cfg.sc_bench_batch, n_eval=len(prompts), device=str(dev)))
 
 
-def write_trajectory_gif(cfg, model, vq, dev):
-    """One unmasking trajectory as a GIF; the frames after its k critical steps have a red border."""
-    traj, marked = example_trajectory(cfg, model, vq, dev)
-    report.save_gif(report.trajectory_frames(vq, traj, marked=marked), os.path.join(cfg.out, "trajectory.gif"))
-
-
 def main(argv=None):
     cfg = parse_config(argv, __doc__)
     dev = dist.setup(pick_device(cfg.device))  # torchrun: join the process group, one device per rank
@@ -388,7 +380,9 @@ def run(cfg, dev):
     vq, vq_mse = lap("data and codebook", stage_codebook(cfg, data))
     model, pre = lap("pretrain", stage_pretrain(cfg, vq, dev))
     res = dict(cfg=cfg, pretrain=pre, eval_pretrain=stage_evaluate(cfg, "eval_pretrain", model, vq, data, dev))
-    lap("evaluate", write_trajectory_gif(cfg, model, vq, dev))
+    traj, marked = example_trajectory(cfg, model, vq, dev)  # one unmasking; its k critical steps framed in red
+    frames = report.trajectory_frames(vq, traj, marked=marked)
+    lap("evaluate", report.save_gif(frames, os.path.join(cfg.out, "trajectory.gif")))
     models = {"pretrained": model}
     if cfg.rl_updates > 0:
         models["pretrained"] = copy.deepcopy(model)  # RL trains `model` in place
