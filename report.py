@@ -250,14 +250,16 @@ def write_report(cfg, dev, vq_mse, res):
         lines += ["", "## Why samples fail (rewards.failure_modes)", "",
                   "Share of each category's evaluation samples, " + " -> ".join(
                       "pretrained" if ev is res["eval_pretrain"] else "after RL" for ev in evals)
-                  + "; each failed sample counts once, under the first reason that applies (top to bottom).", ""]
+                  + "; each failed sample counts once, under the first reason that applies (top to bottom); "
+                  "the last row counts every sample that holds a mismatched part, whatever came first.", ""]
         lines += failure_table(evals)
     if "sweep" in res:
         rows = res["sweep"]["rows"]
         fails = [m for m in rows[0]["failures"] if m != "ok"]
         lines += ["", "## Parallel decoding: quality against the step count", "",
                   f"The evaluation above (same prompts and seeds) at each step count T: {cfg.n_tokens} tokens in T "
-                  "steps. Failure columns: share of all samples, first reason that applies.", "",
+                  "steps. Failure columns: share of all samples, first reason that applies; the last, any "
+                  "mismatched part.", "",
                   "| model | T | tokens / step | accuracy | " + " | ".join(world.CATEGORIES) + " | quality FD | "
                   + " | ".join(fails) + " |", "| --- " * (5 + len(world.CATEGORIES) + len(fails)) + "|"]
         lines += [f"| {r['model']} | {r['steps']} | {r['tokens_per_step']:.1f} | {r['accuracy']['overall']:.1%} | "

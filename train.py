@@ -158,12 +158,14 @@ def generate(cfg, model, vq, prompts, dev, seed, mode="confidence"):
 
 def evaluate(cfg, model, vq, data, dev):
     """The fixed evaluation set sampled at cfg's settings (same seed every time) and scored:
-    (images, rewards (B,), accuracy overall and per category, quality FD, why each sample fails (B names))."""
+    (images, rewards (B,), accuracy overall and per category, quality FD, why samples fail: shares overall and
+    per category, rewards.failure_report)."""
     prompts = data["eval_prompts"]
     images = generate(cfg, model, vq, prompts, dev, seed=cfg.seed + 100)
     r = rewards.reward(images, prompts)
+    fails = rewards.failure_report(rewards.failure_modes(images, prompts), prompts, rewards.mismatched_parts(images))
     return (images, r, rewards.accuracy_report(r, prompts), rewards.quality(images, data["eval_ref"].float() / 255),
-            rewards.failure_modes(images, prompts))
+            fails)
 
 
 def stage_evaluate(cfg, name, model, vq, data, dev):
@@ -171,8 +173,7 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
     if (ck := load_stage(cfg, name)) is not None:
         return ck
     t0, prompts = time.time(), data["eval_prompts"]
-    images, r, acc, fd, modes = evaluate(cfg, model, vq, data, dev)
-    failures = rewards.failure_report(modes, prompts)  # per category
+    images, r, acc, fd, failures = evaluate(cfg, model, vq, data, dev)
     seconds = time.time() - t0
     print(f"[{name}] accuracy {acc['overall']:.1%} "
           + " ".join(f"{c} {acc[c]:.1%}" for c in world.CATEGORIES) + f", quality FD {fd:.3f} ({seconds:.0f}s)")
@@ -196,9 +197,9 @@ def stage_sweep(cfg, models, vq, data, dev):
     for name, model in models.items():
         for T in tqdm(sweep_list(cfg.sweep_steps), desc=f"sweep {name}", leave=False):
             t0 = time.time()
-            _, _, acc, fd, modes = evaluate(dataclasses.replace(cfg, sample_steps=T), model, vq, data, dev)
+            _, _, acc, fd, failures = evaluate(dataclasses.replace(cfg, sample_steps=T), model, vq, data, dev)
             rows.append(dict(model=name, steps=T, tokens_per_step=cfg.n_tokens / T, accuracy=acc, quality=fd,
-                             failures={m: modes.count(m) / len(modes) for m in rewards.FAILURES},
+                             failures=failures["overall"],
                              seconds=time.time() - t0))
             print(f"[sweep] {name} T={T}: accuracy {acc['overall']:.1%}, quality FD {fd:.3f}")
             report.log_metrics(cfg, stage="sweep", **rows[-1])

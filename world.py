@@ -250,19 +250,28 @@ def _place(objs, rel, H, generator, tries=1000, grid=1):
     raise RuntimeError(f"could not place {objs} in a {H}x{H} image")
 
 
+def shape_distance(shape, dx, dy, size):
+    """Signed distance in pixels (negative inside) of shape index `shape` (0 circle, 1 square, 2 triangle)
+    at offsets (dx, dy) from its box centre, for box side `size` (all broadcast). The one definition of the
+    three shapes: the renderer draws it and the verifier (rewards.py) matches components against it."""
+    r = size / 2
+    if shape == 0:
+        return torch.sqrt(dx ** 2 + dy ** 2) - r
+    if shape == 1:
+        return torch.maximum(dx.abs(), dy.abs()) - r
+    # upright triangle, base == height == size: bottom edge and two slanted edges (normals (+-2, -1)/sqrt5)
+    dya = dy + r  # distance below the apex
+    return torch.maximum(dy - r, torch.maximum(2 * dx - dya, -2 * dx - dya) / math.sqrt(5))
+
+
 def shape_coverage(shape_ids, cx, cy, size, H):
     """Anti-aliased coverage (n, H, H) in [0, 1] of n shapes, from signed distances in pixels."""
     grid = torch.arange(H, device=cx.device) + 0.5
     ys, xs = torch.meshgrid(grid, grid, indexing="ij")
     dx = xs - cx[:, None, None]  # (n, H, H)
     dy = ys - cy[:, None, None]
-    r = size[:, None, None] / 2
-    circle = torch.sqrt(dx ** 2 + dy ** 2) - r
-    square = torch.maximum(dx.abs(), dy.abs()) - r
-    # upright triangle, base == height == size: bottom edge and two slanted edges (normals (+-2, -1)/sqrt5)
-    dya = dy + r  # distance below the apex
-    triangle = torch.maximum(dy - r, torch.maximum(2 * dx - dya, -2 * dx - dya) / math.sqrt(5))
-    sd = torch.stack([circle, square, triangle], 1).gather(1, shape_ids[:, None, None, None].expand(-1, 1, H, H))[:, 0]
+    sd = torch.stack([shape_distance(k, dx, dy, size[:, None, None]) for k in range(len(SHAPES))], 1)  # (n, 3, H, H)
+    sd = sd.gather(1, shape_ids[:, None, None, None].expand(-1, 1, H, H))[:, 0]
     return (0.5 - sd).clamp(0, 1)
 
 

@@ -3,21 +3,8 @@ import torch
 
 import rewards as R
 import world as W
-from drawings import pillow_render
+from drawings import DRAWS, codebook_hybrids, preset_codebook, scenes
 from model import VQCodebook
-
-
-def scenes(n, H, seed, draw="render"):
-    g = torch.Generator().manual_seed(seed)
-    prompts = W.sample_prompts(n, g)
-    if draw == "render":
-        images = W.render(prompts, H, g)
-    elif draw == "antialias":
-        images = W.render(prompts, H, g, antialias=True)
-    else:
-        images = pillow_render(prompts, H, g, supersample=4 if draw == "pillow-aa" else 1)
-    wrong = [W.perturb_prompt(p, g) for p in prompts]
-    return prompts, wrong, images
 
 
 def noisy(images, seed, std=0.03):
@@ -26,12 +13,10 @@ def noisy(images, seed, std=0.03):
 
 
 @pytest.mark.parametrize("H", [32, 64])
-@pytest.mark.parametrize("draw", ["render", "antialias", "pillow", "pillow-aa"])
+@pytest.mark.parametrize("draw", DRAWS)
 @pytest.mark.parametrize("noise", [0.0, 0.03])
 def test_true_prompts_pass_and_wrong_prompts_fail(H, draw, noise):
-    prompts, wrong, images = scenes(120, H, seed=H + len(draw), draw=draw)
-    if noise:
-        images = noisy(images, seed=1, std=noise)
+    prompts, wrong, images = scenes(120, H, seed=H + len(draw), draw=draw, noise=noise)
     assert (R.reward(images, prompts) == 1.0).all()
     assert (R.reward(images, wrong) < 1.0).all()
 
@@ -45,6 +30,20 @@ def test_verdicts_survive_the_codebook(H):
         recon = vq.decode(vq.encode(x))
         assert (R.reward(recon, prompts) == 1.0).float().mean() >= 0.99
         assert (R.reward(recon, wrong) < 1.0).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_no_one_token_hybrid_passes(preset):
+    """What one parallel step can commit: a token of another shape's drawing at the same place. Every such
+    hybrid of every shape and size of the preset that changes at least 8 pixels is refused; the whole
+    shapes, decoded from the same codebook, pass."""
+    cfg, vq = preset_codebook(preset, n_fit=300)
+    hybrids, prompts, whole, whole_prompts = codebook_hybrids(cfg, vq)
+    assert len(prompts) >= {"cpu": 100, "gpu": 500}[preset]
+    assert (R.reward(whole, whole_prompts) == 1).all()
+    r = R.reward(hybrids, prompts)
+    assert (r < 1).all(), [p for p, x in zip(prompts, r.tolist()) if x == 1][:5]
+    assert R.mismatched_parts(hybrids).float().mean() > 0.9  # mostly blobs; a few are another legal shape
 
 
 def blank(H=32, n=1):
@@ -90,6 +89,48 @@ def test_failure_modes_by_hand():
         "ok", "too few objects", "too many objects", "mismatched parts", "colours and shapes swapped",
         "wrong colour or shape", "wrong position", "too few objects"]
     assert R.failure_modes(imgs[:0], []) == []
+
+
+def test_parts_that_do_not_belong_make_a_blob():
+    """The generator's typical failures, drawn by hand on a red 12-pixel shape at 32x32 (box 8..20)."""
+    H, red = 32, W.PALETTE[0][:, None, None]
+    circle, square, triangle = (paint(blank(H)[0], "red", s, 14, 14, 12) for s in W.SHAPES)
+    gap = circle.clone()
+    gap[:, 9:13, 12] = 0  # a one-pixel gap through the middle (not along an edge)
+    notch = square.clone()
+    notch[:, 8:12, 8:12] = 0  # a patch missing at a corner: an L-shaped "square"
+    ears = triangle.clone()
+    ears[:, 8:12, 8:12] = red  # a square corner on a triangle (a triangle with an ear)
+    corner = circle.clone()
+    corner[:, 8:12, 16:20] = red  # a circle with a square corner
+    stray = square.clone()
+    stray[:, 26:30, 26:30] = red  # a stray 4x4 patch apart from the square: an extra object
+    edge = square.clone()
+    edge[:, 8:20, 8] = 0  # a one-pixel sliver off one edge: what two rasterisers disagree on
+    imgs = torch.stack([gap, notch, ears, corner, stray, edge])
+    prompts = ["a red circle", "a red square", "a red triangle", "a red circle", "a red square", "a red square"]
+    assert R.reward(imgs, prompts).tolist()[:5] == [0.25, 0.25, 0.25, 0.25, 0.5]  # a red blob: colour only
+    assert R.reward(imgs, prompts)[5] == 1.0
+    assert R.mismatched_parts(imgs).tolist() == [True, True, True, True, True, False]
+    o = R.find_objects(imgs)
+    assert (o["misfit"][o["image"] < 4] > 0).all() and o["misfit"][o["image"] == 5].tolist() == [0]
+    assert o["shape"][o["image"] == 4].tolist() == [W.SHAPES.index("square"), R.BLOB]  # the stray patch: too small
+
+
+def test_failure_report_counts_every_mismatched_part():
+    """A blob beside an extra object fails first for "too many objects", but counts as a mismatched part."""
+    H = 32
+    ok = paint(blank(H)[0], "red", "circle", 10, 10, 10)
+    extra_and_blob = ok.clone()
+    extra_and_blob[:, 4:15, 22:25] = W.PALETTE[1][:, None, None]  # an 11x3 green bar
+    extra_and_blob = paint(extra_and_blob, "blue", "square", 24, 24, 10)
+    imgs, prompts = torch.stack([ok, extra_and_blob]), ["a red circle", "a red circle and a blue square"]
+    modes = R.failure_modes(imgs, prompts)
+    assert modes == ["ok", "too many objects"]
+    rep = R.failure_report(modes, prompts, R.mismatched_parts(imgs))
+    assert rep["overall"][R.ANY_MISMATCH] == 0.5 and rep["overall"]["too many objects"] == 0.5
+    assert rep["single"][R.ANY_MISMATCH] == 0.0 and rep["two"][R.ANY_MISMATCH] == 1.0
+    assert rep["counting"][R.ANY_MISMATCH] == 0.0  # no samples: 0, not an error
 
 
 def test_specks_are_ignored_but_big_extra_blobs_count():

@@ -13,6 +13,7 @@ import torch
 import compare
 import config
 import report
+import rewards
 import runs
 import train
 from model import MaskedTransformer, ModelConfig, encode_prompts, maskgit_loss
@@ -69,8 +70,11 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     for r in res["shortcut"]["table"]:  # per-category accuracy too; the evaluation set is balanced
         assert abs(r["accuracy"] - sum(r[c] for c in ("single", "two", "counting", "position")) / 4) < 1e-6
     for ev in (res["eval_pretrain"], res["eval_rl"]):  # every sample has exactly one verdict: ok or a reason
+        assert set(ev["failures"]) == set(acc)
         for c, shares in ev["failures"].items():
-            assert abs(sum(shares.values()) - 1) < 1e-6 and abs(shares["ok"] - ev["accuracy"][c]) < 1e-6
+            assert abs(sum(shares[m] for m in rewards.FAILURES) - 1) < 1e-6
+            assert abs(shares["ok"] - ev["accuracy"][c]) < 1e-6
+            assert shares["mismatched parts"] <= shares[rewards.ANY_MISMATCH] <= 1 - shares["ok"]
     text = open(os.path.join(out, "report.md")).read()
     assert "## Shortcut" in text and "| colours and shapes swapped |" in text
     # the parallelism table: both models at each step count; at the default T it is the evaluation itself
@@ -78,7 +82,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert [(r["model"], r["steps"]) for r in sweep] == [(m, t) for m in ("pretrained", "after RL") for t in (2, 4)]
     for r, ev in ((sweep[1], res["eval_pretrain"]), (sweep[3], res["eval_rl"])):
         assert r["accuracy"] == ev["accuracy"] and abs(r["quality"] - ev["quality"]) < 1e-9
-        assert abs(sum(r["failures"].values()) - 1) < 1e-6 and r["tokens_per_step"] == 16
+        assert abs(sum(r["failures"][m] for m in rewards.FAILURES) - 1) < 1e-6 and r["tokens_per_step"] == 16
     assert "## Parallel decoding: quality against the step count" in text and "| after RL | 2 | 32.0 |" in text
     sc_ops, base_ops = res["shortcut"]["ops"]  # one step of each, and each sampler's ops in the table
     assert f"and {sc_ops} aten ops to its {base_ops}" in text and "| speed-up | ops | accuracy |" in text
