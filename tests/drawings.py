@@ -17,7 +17,7 @@ import rewards  # noqa: E402
 import world  # noqa: E402
 from model import VQCodebook  # noqa: E402
 
-DRAWS = ("render", "antialias", "pillow", "pillow-aa")
+DRAWS = ("render", "antialias", "grid", "grid-aa", "pillow", "pillow-aa")  # grid: objects on the 4-pixel grid
 
 
 def pillow_render(prompts, image_size, generator, supersample=1):
@@ -49,12 +49,13 @@ def pillow_render(prompts, image_size, generator, supersample=1):
 
 
 def scenes(n, H, seed, draw="render", noise=0.0):
-    """n legal scenes drawn one of DRAWS ways (placed anywhere, not on a grid), Gaussian noise of std
-    `noise` on top -> (true prompts, minimally wrong prompts, images (n, 3, H, H))."""
+    """n legal scenes drawn one of DRAWS ways (world.render hard-edged or anti-aliased, placed anywhere or on
+    the 4-pixel grid of the presets; Pillow), Gaussian noise of std `noise` on top -> (true prompts, minimally
+    wrong prompts, images (n, 3, H, H))."""
     g = torch.Generator().manual_seed(seed)
     prompts = world.sample_prompts(n, g)
-    if draw in ("render", "antialias"):
-        images = world.render(prompts, H, g, antialias=draw == "antialias")
+    if draw in ("render", "antialias", "grid", "grid-aa"):
+        images = world.render(prompts, H, g, antialias=draw.endswith("a"), grid=4 if draw.startswith("grid") else 1)
     else:
         images = pillow_render(prompts, H, g, supersample=4 if draw == "pillow-aa" else 1)
     wrong = [world.perturb_prompt(p, g) for p in prompts]
