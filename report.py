@@ -19,6 +19,7 @@ import textwrap
 import torch
 
 import dist
+import rewards
 import world
 
 COLORS = [(40, 80, 220), (220, 60, 40), (40, 160, 60), (200, 140, 0), (140, 60, 180), (0, 150, 160)]
@@ -157,11 +158,16 @@ def acc_row(name, ev):
             + f" | {ev['reward']:.3f} | {ev['quality']:.3f} |")
 
 
+def failure_rows(evals):
+    """The failure modes every evaluation in `evals` counted (one made before a mode existed lacks it)."""
+    return [m for m in evals[0]["failures"]["single"] if all(m in ev["failures"]["single"] for ev in evals)]
+
+
 def failure_table(evals):
     """Why samples fail, as a share of each category's samples: a row per rewards.FAILURES mode, each
     cell 'pretrained -> after RL' (one share per evaluation given)."""
     lines = ["| why | " + " | ".join(world.CATEGORIES) + " |", "| --- |" + " --- |" * len(world.CATEGORIES)]
-    for m in next(iter(evals[0]["failures"].values())):
+    for m in failure_rows(evals):
         cells = [" -> ".join(f"{ev['failures'][c][m]:.0%}" for ev in evals) for c in world.CATEGORIES]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
@@ -250,8 +256,9 @@ def write_report(cfg, dev, vq_mse, res):
         lines += ["", "## Why samples fail (rewards.failure_modes)", "",
                   "Share of each category's evaluation samples, " + " -> ".join(
                       "pretrained" if ev is res["eval_pretrain"] else "after RL" for ev in evals)
-                  + "; each failed sample counts once, under the first reason that applies (top to bottom); "
-                  "the last row counts every sample that holds a mismatched part, whatever came first.", ""]
+                  + "; each failed sample counts once, under the first reason that applies (top to bottom)"
+                  + ("; the last row counts every sample that holds a mismatched part, whatever came first"
+                     if rewards.ANY_MISMATCH in failure_rows(evals) else "") + ".", ""]
         lines += failure_table(evals)
     if "sweep" in res:
         rows = res["sweep"]["rows"]
@@ -352,7 +359,7 @@ if __name__ == "__main__":
         path = os.path.join(args.out, f"{stage}.pt")
         if os.path.exists(path):
             res[stage] = runs.load_checkpoint(path)
-            fields.update(res[stage]["config"])
+            fields.update(runs.config_of(res[stage]))
     if "eval_pretrain" not in res:
         raise SystemExit(f"{args.out} has no finished pretraining and evaluation (pretrain.pt, eval_pretrain.pt)")
     cfg = config.Config(**fields, out=args.out, preset="(from checkpoints)")

@@ -13,16 +13,18 @@ renderer, Pillow's ImageDraw, the VQ decoder, a generator being trained):
   3. shape: each component against the three shapes drawn at its own box (world.shape_distance, the
      renderer's own geometry, hard-edged: a pixel is in when its centre is). The closest shape (fewest
      disagreeing pixels) is the component's shape if every pixel where the two disagree is a sliver: on
-     the template's edge (its centre within TOL = 1 pixel of the outline) and in no 2x2 block of
+     the template's edge (its centre within TOL = 1 pixel of the outline, by world.shape_distance: to the
+     circle, or to the nearest side of the square and the triangle) and in no 2x2 block of
      disagreeing pixels. That accepts what two rasterisers or a half-pixel shift disagree on (one-pixel
      bands along an edge) and nothing thicker: a patch of another shape's part, a missing or extra patch,
      a gap through the middle. Otherwise the component is a "blob" (a mismatched part), which never
      matches a prompt; so is one whose box is outside the world's sizes (1/4 to 3/8 of the side, a pixel
-     and a half either way) or far from square.
+     and a half either way) or not square within a pixel (a 12x10 rectangle is no square).
 
   Accepted, measured in tests/test_rewards.py: this renderer hard-edged and anti-aliased, on the token
   grid and anywhere; Pillow's ImageDraw plain and 4x supersampled at sub-pixel offsets; all with
-  Gaussian noise of std 0.03; the VQ codebook's reconstructions of those. Refused: every hybrid the
+  Gaussian noise of std 0.03; the VQ codebook's reconstructions of on-grid scenes (lossless), and of 99%
+  or more of scenes placed anywhere (K=1024 is nearly lossless there). Refused: every hybrid the
   codebook can make by swapping one token of a shape for another shape's token at the same place, where
   that changes at least 8 pixels (at 32 and 64 px).
 
@@ -51,6 +53,7 @@ import torch.nn.functional as F
 from world import (CATEGORIES, COLOR_NAMES, COLORS, MAX_SIZE, MIN_SIZE, PALETTE, REL_MARGIN, RELATIONS, SHAPES,
                    category, parse_prompt, prompt_list, shape_distance)
 
+VERSION = 2  # of the shape test (1: box corners and fill ratio); runs.py refuses stage checkpoints scored by another
 BLOB = len(SHAPES)  # shape index of a component that is no legal shape (a blob: a mismatched part)
 SPECK = 6  # components of fewer pixels are specks and ignored (a 4x4 patch is 16)
 TOL = 1.0  # a pixel whose centre lies within this of a shape's outline may disagree with it (a sliver)
@@ -74,7 +77,8 @@ def check_images(images, n_prompts=None):
 
 
 def find_objects(images):
-    """Objects in (B, 3, H, W) images -> dict of per-object tensors (n,): image, color, shape, area, cx, cy.
+    """Objects in (B, 3, H, W) images -> dict of per-object tensors (n,): image, color, shape, area, cx, cy,
+    misfit (match_shapes').
 
     Works on the list of foreground pixels, not the dense grid (objects cover ~10% of it):
     row runs of same-colour pixels, then a union of runs that touch across rows (8-connected).
@@ -90,8 +94,8 @@ def find_objects(images):
     alpha = dots.gather(1, cls[:, None])[:, 0] / (pal * pal).sum(1)[cls]
     f, cls = cand[alpha >= 0.5], cls[alpha >= 0.5]  # foreground pixels and their colour
     if len(f) == 0:
-        return {k: torch.zeros(0, dtype=torch.long if k in ("image", "color", "shape") else torch.float32)
-                for k in ("image", "color", "shape", "area", "cx", "cy")}
+        return {k: torch.zeros(0, dtype=torch.long if k in ("image", "color", "shape", "misfit") else torch.float32)
+                for k in ("image", "color", "shape", "area", "cx", "cy", "misfit")}
 
     # 1. row runs: a pixel continues a run if its left neighbour is foreground of the same colour
     cont = torch.zeros_like(f, dtype=torch.bool)
@@ -160,7 +164,7 @@ def match_shapes(labels, image, x0, y0, w, h):
     B, H, W = labels.shape
     n = len(image)
     side = torch.maximum(w, h)
-    legal = (side >= MIN_SIZE * H - 1.5) & (side <= MAX_SIZE * H + 1.5) & ((w - h).abs() <= 0.25 * side)
+    legal = (side >= MIN_SIZE * H - 1.5) & (side <= MAX_SIZE * H + 1.5) & ((w - h).abs() <= 1)  # square boxes
     L = int(MAX_SIZE * H + 1.5) + 2  # a window of the largest legal box and a pixel around it
     uv = torch.arange(L, dtype=torch.float32)
     xs = x0[:, None] - 1 + uv  # (n, L) image column of each window column

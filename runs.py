@@ -16,6 +16,7 @@ import os
 import torch
 
 import dist
+import rewards
 import shortcut
 from config import DEFAULTS, Config, model_config
 from model import MaskedTransformer, VQCodebook
@@ -47,8 +48,21 @@ def stage_config(cfg, stage):
     for s in STAGE_FIELDS:
         names += STAGE_FIELDS[s]
         if s == stage:
-            return {k: getattr(cfg, k) for k in names}
+            fields = {k: getattr(cfg, k) for k in names}
+            if s not in ("data", "codebook", "pretrain"):  # from the evaluation on, the verifier scored it
+                fields["verifier"] = rewards.VERSION
+            return fields
     raise KeyError(stage)
+
+
+# a key newer than a checkpoint counts as what the code did before it existed: a Config field's default, and
+# the first verifier (rewards.VERSION)
+BEFORE = dict(DEFAULTS, verifier=1)
+
+
+def config_of(ck):
+    """The Config fields a checkpoint holds (its other keys, such as the verifier's version, left out)."""
+    return {k: v for k, v in ck["config"].items() if k in DEFAULTS}
 
 
 def make_out(path):
@@ -91,8 +105,7 @@ def load_stage(cfg, stage):
     if cfg.fresh or not os.path.exists(path):
         return None
     ck = load_checkpoint(path)
-    # a field newer than the checkpoint counts as its default (what the code did before the field existed)
-    had = lambda k: ck["config"].get(k, DEFAULTS[k])
+    had = lambda k: ck["config"].get(k, BEFORE[k])
     diff = ", ".join(f"{k}: checkpoint {had(k)!r} vs now {v!r}" for k, v in stage_config(cfg, stage).items()
                      if had(k) != v)
     if diff:
@@ -173,7 +186,7 @@ def load_generator(out, dev, pretrained=False):
     # each stage's checkpoint holds every field up to its stage: the sampling settings (steps, CFG,
     # temperatures) first appear in eval_pretrain.pt and the RL ones in rl.pt, so read the latest there is
     later = [n for n in ("eval_pretrain", "rl", "eval_rl") if os.path.exists(os.path.join(out, f"{n}.pt"))]
-    cfg = Config(**(ck(later[-1]) if later else pre)["config"])
+    cfg = Config(**config_of(ck(later[-1]) if later else pre))
     model = MaskedTransformer(model_config(cfg)).to(dev)
     use_rl = os.path.exists(os.path.join(out, "rl.pt")) and not pretrained
     model.load_state_dict((ck("rl") if use_rl else pre)["state"])

@@ -96,7 +96,7 @@ def test_parts_that_do_not_belong_make_a_blob():
     H, red = 32, W.PALETTE[0][:, None, None]
     circle, square, triangle = (paint(blank(H)[0], "red", s, 14, 14, 12) for s in W.SHAPES)
     gap = circle.clone()
-    gap[:, 9:13, 12] = 0  # a one-pixel gap through the middle (not along an edge)
+    gap[:, 9:13, 12] = 0  # a one-pixel gap into the disc, not along its edge
     notch = square.clone()
     notch[:, 8:12, 8:12] = 0  # a patch missing at a corner: an L-shaped "square"
     ears = triangle.clone()
@@ -115,6 +115,22 @@ def test_parts_that_do_not_belong_make_a_blob():
     o = R.find_objects(imgs)
     assert (o["misfit"][o["image"] < 4] > 0).all() and o["misfit"][o["image"] == 5].tolist() == [0]
     assert o["shape"][o["image"] == 4].tolist() == [W.SHAPES.index("square"), R.BLOB]  # the stray patch: too small
+
+
+@pytest.mark.parametrize("H,w,h,verdict", [(32, 12, 10, "blob"), (32, 8, 6, "blob"), (64, 16, 12, "blob"),
+                                             (64, 24, 19, "blob"), (32, 12, 11, "square"), (64, 20, 20, "square")])
+def test_a_box_must_be_square_within_a_pixel(H, w, h, verdict):
+    """A solid rectangle is no square (nor a disc), however its edges' slivers look; one pixel off is a sliver."""
+    img = blank(H)
+    img[0, :, 6:6 + h, 6:6 + w] = W.PALETTE[0][:, None, None]
+    o = R.find_objects(img)
+    assert o["shape"].tolist() == [R.BLOB if verdict == "blob" else W.SHAPES.index(verdict)]
+
+
+def test_an_empty_image_has_no_objects():
+    o = R.find_objects(blank(32, 2))
+    assert set(o) == {"image", "color", "shape", "area", "cx", "cy", "misfit"} and all(len(v) == 0 for v in o.values())
+    assert R.mismatched_parts(blank(32, 2)).tolist() == [False, False]
 
 
 def test_failure_report_counts_every_mismatched_part():

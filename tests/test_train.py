@@ -429,6 +429,21 @@ def test_a_checkpoint_older_than_a_field_matches_its_default(tmp_path):
         runs.load_stage(config.parse_config(["--preset", "tiny", "--out", str(tmp_path), "--rl-pool", "step"]), "rl")
 
 
+def test_a_stage_scored_by_an_older_verifier_is_refused(tmp_path):
+    """Numbers of the lax verifier (before rewards.VERSION existed) are never mixed with the exact one's: a scored
+    stage's checkpoint without the version is refused, while pretraining, which no verifier touched, is reused."""
+    cfg = config.parse_config(["--preset", "tiny", "--out", str(tmp_path)])
+    for stage in ("pretrain", "eval_pretrain"):
+        ck = runs.save_stage(cfg, stage, dict(state={}))
+        assert ("verifier" in ck["config"]) == (stage == "eval_pretrain")
+        ck["config"].pop("verifier", None)  # as written before the version was recorded
+        runs.save_atomic(ck, str(tmp_path / f"{stage}.pt"))
+    assert runs.load_stage(cfg, "pretrain") is not None
+    with pytest.raises(SystemExit, match=f"verifier: checkpoint 1 vs now {rewards.VERSION}"):
+        runs.load_stage(cfg, "eval_pretrain")
+    assert set(runs.config_of(ck)) <= set(config.DEFAULTS)
+
+
 def test_maskgrpo_runs_at_its_own_mu_unless_told():
     """--rl-estimator maskgrpo without --rl-mu takes MaskGRPO's image settings (mu 6, m 0.6); the others one update."""
     parse = lambda *a: config.parse_config(["--preset", "tiny", *a])
