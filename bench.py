@@ -5,6 +5,7 @@ Not a concept of the papers, so kept out of sample.py and shortcut.py.
   forward_flops     model FLOPs of one forward pass of one sequence, counted as MFU counts them (training: 3x)
   cost              (FLOPs, aten ops) of one call: ops are about one GPU kernel launch each, and a small
                     model on a GPU waits on launches, not FLOPs (the shortcut saves FLOPs, not ops)
+  timed             (result, seconds) of one call (CUDA events on a GPU)
   time_interleaved  median latency of several functions, timed in turn round by round (CUDA events on a GPU)
   pretrain_speed    seconds per pretraining step on fixed random tokens (the model's pace, no scene rendering)
   compiled_check    the compiled sampling trunk against eager: new shapes, weights changed in place, a second model
@@ -62,28 +63,30 @@ def cost(fn):
     return fc.get_total_flops(), ops.n
 
 
+def timed(fn, device):
+    """(fn()'s result, its seconds): CUDA events on a GPU (after the queued work is done), the wall clock elsewhere."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        return fn(), time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    out = fn()
+    end.record()
+    torch.cuda.synchronize()
+    return out, start.elapsed_time(end) / 1000
+
+
 def time_interleaved(fns, device, rounds=5):
     """Median seconds per call of each fn() in fns: one warm-up call each, then `rounds` rounds that call
     every fn once in turn (so a slow spell of the machine hits every row alike; the median drops spikes).
-    CUDA events on a GPU, the wall clock elsewhere. speed_table times its rows with it, and
-    sample.py --bench one sampling call."""
+    sample.py --bench times one sampling call with it, and shortcut.py's demo its samplers."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     for _ in tqdm(range(rounds), desc="timing", leave=False):
         for fn, ts in zip(fns, times):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                torch.cuda.synchronize()
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize()
-                ts.append(start.elapsed_time(end) / 1000)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
+            ts.append(timed(fn, device)[1])
     return [statistics.median(ts) for ts in times]
 
 
@@ -182,28 +185,38 @@ def step_cost(model, net, branches):
         return [cost(fn) for fn in fns]
 
 
-def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, bench_batch, sample_kwargs, seed=0):
+def speed_table(model, shortcut, configs, prompt_ids, score, ref_steps, batch, sample_kwargs, seed=0):
     """configs: list of (kind, steps, budget), kind in vanilla|cache|shortcut, budget a number of base calls or
     a list of the steps that make them (the row then has budget = its length and calls). score(tokens) -> a dict of
-    metrics (train.py: accuracy, per category, quality) that joins the row. Latency per image at batch
-    bench_batch (time_interleaved; prompt_ids repeated when there are fewer), and each row's aten ops (cost);
-    the metrics on all of prompt_ids. -> rows."""
+    metrics (train.py: accuracy, per category, quality) that joins the row. Every row samples all of prompt_ids
+    in batches of `batch`, each row with its own generator seeded `seed`; the rows take each batch in turn, so a
+    slow spell of the machine hits every row alike, and the latency per image is timed on the full batches after
+    the first (a warm-up; with one batch only, it is sampled again to be timed). Each row's aten ops (cost) too.
+    The speed-up is against vanilla sampling with ref_steps steps. -> rows."""
     dev = prompt_ids.device
     runs = [lambda ids, g, kind=kind, steps=steps, budget=budget, model=model: sample_with_shortcut(
         model, shortcut, ids, steps, budget, generator=g, cache=kind == "cache", **sample_kwargs)
         for kind, steps, budget in configs]
-    bench_ids = prompt_ids.repeat(-(-bench_batch // len(prompt_ids)), 1)[:bench_batch]  # (bench_batch, L)
-    secs = time_interleaved([lambda run=run: run(bench_ids, torch.Generator(dev).manual_seed(seed)) for run in runs],
-                            dev, rounds=3)
+    gens = [torch.Generator(dev).manual_seed(seed) for _ in configs]
+    starts = range(0, len(prompt_ids), batch)
+    timed_at = [i for i in starts[1:] if i + batch <= len(prompt_ids)]  # full batches after the warm-up one
+    tokens, secs = [[] for _ in configs], [0.0 for _ in configs]
+    for i in tqdm(starts, desc="speed table", leave=False):
+        for j, run in enumerate(runs):
+            out, sec = timed(lambda: run(prompt_ids[i:i + batch], gens[j]), dev)
+            tokens[j].append(out)
+            secs[j] += sec if i in timed_at else 0.0
+    n_timed = batch * len(timed_at)
+    if not timed_at:  # one batch: it was the warm-up; time it again
+        n_timed = min(batch, len(prompt_ids))
+        secs = [timed(lambda: run(prompt_ids[:batch], torch.Generator(dev).manual_seed(seed)), dev)[1] for run in runs]
     rows = []
-    for (kind, steps, budget), run, sec in tqdm(list(zip(configs, runs, secs)), desc="speed table", leave=False):
-        g = torch.Generator(dev).manual_seed(seed)
-        tokens = torch.cat([run(prompt_ids[i:i + bench_batch], g) for i in range(0, len(prompt_ids), bench_batch)])
+    for (kind, steps, budget), run, sec, toks in zip(configs, runs, secs, tokens):
         calls = call_steps(steps, budget)
         listed = dict(calls=calls) if calls != budget_steps(steps, len(calls)) else {}  # only where not even
         ops = cost(lambda: run(prompt_ids[:1], torch.Generator(dev).manual_seed(seed), model=eager(model)))[1]
         rows.append(dict(kind=kind, steps=steps, budget=len(calls), **listed, ops=ops,
-                         ms_per_image=1000 * sec / len(bench_ids), **score(tokens)))
+                         ms_per_image=1000 * sec / n_timed, **score(torch.cat(toks))))
     ref = next(r["ms_per_image"] for r in rows if r["kind"] == "vanilla" and r["steps"] == ref_steps)
     for r in rows:
         r["speedup"] = ref / r["ms_per_image"]

@@ -47,6 +47,7 @@ class Config:
     cfg_scale: float = 2.0  # w in uncond + w (cond - uncond); 0 turns CFG off (one conditional pass)
     temperature: float = 0.8
     choice_temperature: float = 4.5
+    order: str = "confidence"  # the evaluation's commit order: confidence (MaskGIT) | halton (sample.py)
     eval_prompts: int = 400  # fixed, seeded, balanced over the four categories
     eval_samples: int = 2  # samples per prompt
     eval_batch: int = 400
@@ -62,30 +63,33 @@ class Config:
     rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; the comparison, README)
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; the comparison, README)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
-    rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus; what eval uses) | stochastic (MaskGRPO)
+    rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus) | halton | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
     rl_micro_batch: int = 0  # rollouts per forward and backward when scoring (gradient accumulation; 0: all at once)
     rl_per_sample: bool = False  # focus: each sample's own k critical steps instead of the batch's
     clip_eps: float = 0.2
     beta: float = 0.01
-    rl_eval_every: int = 30  # held-out accuracy (compare_eval_prompts, 1 sample each) every this many updates; 0: off
+    rl_eval_every: int = 0  # held-out accuracy (compare_eval_prompts, 1 sample each) every this many updates; 0: off
     # the focus comparison (python train.py --compare): every variant from the pretrained weights
     compare: bool = False
     compare_seeds: int = 3
     compare_updates: int = 0  # 0: rl_updates
     compare_eval_prompts: int = 200  # held-out prompts (1 sample each) for the accuracy curves
     compare_variants: str = ""  # comma-separated indices into compare.VARIANTS (0-4); empty: all five
-    # the parallelism table: the evaluation at each of these step counts, pretrained and RL model
+    # the parallelism table: the evaluation at each of these step counts, pretrained and RL model, in both orders
     sweep_steps: str = ""  # comma-separated T, e.g. 4,6,8,12,16,32; empty: off
     # shortcut (shortcut.py), trained after RL on the final model's trajectories; sc_iters 0 skips it
-    sc_prompts: int = 512  # trajectories (x2 with CFG)
+    sc_steps: int = 32  # sampling steps of the shortcut's trajectories and table (MIGM-Shortcut's MaskGIT runs: 32)
+    sc_budgets: str = "8,10,12"  # base-model calls per image in the table (the paper's MaskGIT runs: 12 of 32)
+    sc_eval: int = 400  # evaluation samples the table scores (an even spread of the evaluation set)
+    sc_prompts: int = 256  # trajectories (x2 with CFG)
     sc_iters: int = 1500
     sc_batch: int = 64
     sc_lr: float = 1e-4  # AdamW, as the paper
     sc_width: int = 0  # 0: d_model / 2
     sc_unroll: int = 1  # training chains up to this many shortcut steps (1: the paper's one-step target)
     sc_uncond: str = "cache"  # cache: shortcut steps move only the conditional CFG branch | shortcut: both (paper)
-    sc_bench_batch: int = 64  # latency is measured at this batch size (the evaluation prompts repeated if fewer)
+    sc_bench_batch: int = 64  # the table samples and times in batches of this size
     snapshot_secs: float = 60.0  # pretraining and RL snapshot their progress this often (a crash loses at most that)
 
     @property
@@ -101,7 +105,7 @@ PRESETS = {
     "tiny": dict(fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
                  batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16,
                  rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2, compare_eval_prompts=8,
-                 sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
+                 sc_steps=8, sc_budgets="2,4", sc_eval=16, sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
     "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
     # MaskGIT's 16x16 = 256-token grid (64x64 px, 4x4 patches; objects of 16-24 px span 4x4 to 6x6 tokens) in
     # T = 12 steps: 21 tokens per step. Lengths by FLOP count, for at most 5 minutes on one H200 at an assumed 25%
@@ -109,24 +113,24 @@ PRESETS = {
     # 4.78M matmul weights) costs 2 x 4.78M x 264 + attention 4 x 6 x 264^2 x 256 = 2.95 GFLOP; training 3x, 8.9.
     #   pretraining 2000 steps x 256 x 8.9 = 4.56 PFLOP; evaluations 2 x 1600 images x 12 steps x 2 (CFG) x 2.95
     #   = 0.23; RL 200 updates x 256 rollouts x (12 x 2 x 2.95 sampling + 4 scored steps x (8.9 policy + 2.95
-    #   reference + 2.95 old)) = 6.66; held-out 9 x 400 x 12 x 2 x 2.95 = 0.25; shortcut: collection 1024 x 12
-    #   x 2 x 2.95 and the table's 8 rows (50 base calls per image, x2 CFG) on 1600 images, timed at batch 1024
-    #   (a warm-up and 3 rounds) = 1.75. In all 13.5 PFLOP: 68 s at 198 TFLOP/s (5 minutes holds down to 6% MFU).
+    #   reference + 2.95 old)) = 6.66; held-out 9 x 400 x 12 x 2 x 2.95 = 0.25; shortcut: collection 1024 x 32
+    #   x 2 x 2.95 and the table's 12 rows (134 base calls per image, x2 CFG) on 1600 images = 1.45. In all
+    #   13.2 PFLOP: 67 s at 198 TFLOP/s (5 minutes holds down to 6% MFU).
     "gpu": dict(image_size=64, patch=4, grid=4, codebook_size=256, d_model=256, n_layers=6, n_heads=8,
                 pretrain_steps=2000, batch_size=256, lr=1.5e-3, warmup=100, eval_samples=4, eval_batch=1600,
                 rl_updates=200, rl_prompts=32, rl_micro_batch=64, rl_eval_every=25, compare_updates=100, compare_eval_prompts=400,
-                sc_prompts=1024, sc_iters=3000, sc_bench_batch=1024),
+                sc_eval=1600, sc_prompts=1024, sc_iters=3000, sc_bench_batch=1024),
 }
 
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
            "rl_estimator": ["remask", "replay", "maskgrpo"], "rl_steps": ["all", "random", "focus"],
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
-           "rl_mode": ["stochastic", "confidence"], "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
+           "rl_mode": ["stochastic", "confidence", "halton"], "order": ["confidence", "halton"], "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
 
 # the range every numeric field must lie in, checked before any work starts (a zero batch once trained nothing)
 RANGES = [
     ("at least 1", lambda v: v >= 1, "patch fit_images d_model n_layers n_heads pretrain_steps batch_size eval_samples "
-     "eval_batch rl_prompts compare_seeds compare_eval_prompts sc_batch sc_bench_batch sc_unroll"),
+     "eval_batch rl_prompts compare_seeds compare_eval_prompts sc_steps sc_eval sc_batch sc_bench_batch sc_unroll"),
     # group_size: advantages compare the samples of a prompt; sc_prompts: a training and a validation split
     ("at least 2", lambda v: v >= 2, "codebook_size group_size sc_prompts"),
     ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates rl_mu rl_micro_batch beta rl_eval_every "
@@ -177,6 +181,10 @@ def parse_config(argv=None, description=None):
     except ValueError as e:
         ap.error(f"--sweep-steps must be comma-separated step counts like 4,6,8,12, got {cfg.sweep_steps!r}"
                  if "invalid literal" in str(e) else f"--image-size {cfg.image_size} with --grid {cfg.grid}: {e}")
+    try:
+        budgets = sweep_list(cfg.sc_budgets)
+    except ValueError:
+        ap.error(f"--sc-budgets must be comma-separated numbers of base calls like 8,10,12, got {cfg.sc_budgets!r}")
     N, T, w = cfg.n_tokens, cfg.sample_steps, cfg.sc_width or cfg.d_model // 2  # w 0: half the width, as Shortcut
     for bad, message in [  # checked now, not after minutes of pretraining
         (cfg.image_size % cfg.patch, f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}"),
@@ -189,6 +197,11 @@ def parse_config(argv=None, description=None):
         (not 1 <= T <= N, f"--sample-steps must be between 1 and the {N} image tokens, got {T}"),
         (any(not 1 <= t <= N for t in sweep), f"--sweep-steps must each be between 1 and the {N} image tokens, "
                                               f"got {cfg.sweep_steps}"),
+        (cfg.sc_steps > N or not budgets or any(not 1 <= b <= cfg.sc_steps for b in budgets),
+         f"--sc-steps must be at most the {N} image tokens and --sc-budgets each between 1 and --sc-steps "
+         f"{cfg.sc_steps}, got {cfg.sc_steps} and {cfg.sc_budgets!r}"),
+        (cfg.sc_eval > cfg.eval_prompts * cfg.eval_samples, f"--sc-eval must be at most the evaluation's "
+                                                             f"{cfg.eval_prompts * cfg.eval_samples} samples"),
         (not 1 <= cfg.rl_k <= T, f"--rl-k must be between 1 and --sample-steps {T}, got {cfg.rl_k}"),
         (cfg.compare and not (cfg.compare_updates or cfg.rl_updates), "--compare needs --compare-updates (or "
                                                                       "--rl-updates) above 0"),

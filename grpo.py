@@ -22,7 +22,8 @@ What the policy gradient sees. With MaskGIT confidence rollouts (train.py's defa
 a step samples a token at every masked position and then keeps the most confident ones (a Gumbel
 top-k). Every estimator here scores the log-prob of the *tokens*; *which positions* were committed
 is a second decision, and it gets no gradient. MaskGRPO's stochastic sampler (mode="stochastic")
-reveals each position with a fixed probability, independent of the tokens, so it has no such gap.
+reveals each position with a fixed probability, independent of the tokens, so it has no such gap;
+so does the Halton order (mode="halton"), where the positions are fixed before sampling.
 
 Simplified versus the paper (honest list):
   - no LoRA: the whole (small) model is trained;

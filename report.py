@@ -267,9 +267,9 @@ def write_report(cfg, dev, vq_mse, res):
                   f"The evaluation above (same prompts and seeds) at each step count T: {cfg.n_tokens} tokens in T "
                   "steps. Failure columns: share of all samples, first reason that applies; the last, any "
                   "mismatched part.", "",
-                  "| model | T | tokens / step | accuracy | " + " | ".join(world.CATEGORIES) + " | quality FD | "
-                  + " | ".join(fails) + " |", "| --- " * (5 + len(world.CATEGORIES) + len(fails)) + "|"]
-        lines += [f"| {r['model']} | {r['steps']} | {r['tokens_per_step']:.1f} | {r['accuracy']['overall']:.1%} | "
+                  "| model | order | T | tokens / step | accuracy | " + " | ".join(world.CATEGORIES)
+                  + " | quality FD | " + " | ".join(fails) + " |", "| --- " * (6 + len(world.CATEGORIES) + len(fails)) + "|"]
+        lines += [f"| {r['model']} | {r.get('order', 'confidence')} | {r['steps']} | {r['tokens_per_step']:.1f} | {r['accuracy']['overall']:.1%} | "
                   + " | ".join(f"{r['accuracy'][c]:.1%}" for c in world.CATEGORIES) + f" | {r['quality']:.3f} | "
                   + " | ".join(f"{r['failures'][m]:.1%}" for m in fails) + " |" for r in rows]
     if "compare" in res:
@@ -280,21 +280,25 @@ def write_report(cfg, dev, vq_mse, res):
                   f"its critical steps: `critical_steps.png`.", ""] + compare_table(ck)
     if "shortcut" in res:
         sc = res["shortcut"]
+        steps = sc["config"].get("sc_steps") or cfg.sample_steps  # before sc_steps, the evaluation's steps
+        moves = "".join(f" One step at T={t} moves the features by {c:.3g} (the cache's error) and the shortcut misses "
+                        f"by {a:.3g}." for t, (a, c) in sorted(sc.get("moves", {}).items()))
         ops = (" and {} aten ops to its {} (about one GPU kernel launch each; the table's ops column counts a whole "
                "sampler's)".format(*sc["ops"]) if "ops" in sc else "")  # checkpoints made before ops have none
         lines += ["", "## Shortcut (shortcut.py)", "",
                   f"Shortcut: {sc['params'] / 1e6:.3f}M parameters vs {pre['params'] / 1e6:.2f}M; one step costs "
                   f"{sc['flops_ratio']:.1%} of a base-model step in FLOPs{ops}. Trained {cfg.sc_iters} iterations on "
-                  f"{cfg.sc_prompts} trajectories (x2 CFG branches) in {sc['train_seconds']:.0f}s; validation MSE "
-                  f"{sc['log'][-1]['val']:.3g} vs the cache's {sc['log'][-1]['val_cache']:.3g}.", "",
+                  f"{cfg.sc_prompts} trajectories of {steps} steps (x2 CFG branches) in {sc['train_seconds']:.0f}s; "
+                  f"validation MSE {sc['log'][-1]['val']:.3g} vs the cache's {sc['log'][-1]['val_cache']:.3g}."
+                  + moves, "",
                   "| steps ahead | shortcut MSE | cache MSE |", "| --- | --- | --- |"]
         lines += [f"| {d} | {a:.3g} | {b:.3g} |" for d, (a, b) in sc["distance"].items()]
         bench_dev = sc.get("device", str(dev))  # where the latencies were measured
-        fill = " (the evaluation prompts repeated)" if sc["bench_batch"] > sc["n_eval"] else ""
-        lines += ["", f"Latency per image at batch {sc['bench_batch']}{fill} on `{bench_dev}` "
-                  f"({'CUDA events' if bench_dev.startswith('cuda') else 'wall clock'}, after warm-up; median of 3 rounds "
-                  f"that time every row in turn); accuracy and quality "
-                  f"on the evaluation set ({sc['n_eval']} samples: the prompts above, same seeds for every row).", "",
+        clock = "CUDA events" if bench_dev.startswith("cuda") else "wall clock"
+        lines += ["", f"{sc['n_eval']} samples of the evaluation set (an even spread; the same seeds for every row), "
+                  f"sampled in batches of {min(sc['bench_batch'], sc['n_eval'])} on `{bench_dev}`, every row taking "
+                  f"each batch in turn; latency per image ({clock}) over the full batches after the first. Speed-up "
+                  f"against vanilla {steps} steps.", "",
                   *speed_table_lines(sc["table"])]
     if "wall" in res:  # train.py's own run (report.py rebuilding from checkpoints has no clock)
         lines += ["", "## Wall time", "", "Seconds of the command above, stage by stage (a stage it found finished: "
@@ -309,6 +313,7 @@ def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
     the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below) and
     shortcut.png (vanilla T steps above, the shortcut at half the base calls below, if the run trained one)."""
     import runs
+    from config import sweep_list
     from model import encode_prompts
     from sample import sample
     from shortcut import sample_with_shortcut
@@ -334,10 +339,12 @@ def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
                                                                      generator=gen(), **kw)), "after RL": rl})
     if os.path.exists(os.path.join(out, "shortcut.pt")):
         net, ck = runs.load_shortcut(out, dev)
-        budget = max(2, cfg.sample_steps // 2)
-        fast = vq.decode(sample_with_shortcut(model, net, ids, cfg.sample_steps, budget, generator=gen(),
+        steps = ck["config"].get("sc_steps") or cfg.sample_steps  # before sc_steps: the evaluation's
+        budget = max(sweep_list(ck["config"]["sc_budgets"])) if "sc_budgets" in ck["config"] else max(2, steps // 2)
+        slow = vq.decode(sample(model, ids, steps, generator=gen(), **kw))
+        fast = vq.decode(sample_with_shortcut(model, net, ids, steps, budget, generator=gen(),
                                               uncond=ck["config"]["sc_uncond"], **kw))
-        two_rows("shortcut.png", {f"vanilla {cfg.sample_steps} steps": rl, f"shortcut {budget} base calls": fast})
+        two_rows("shortcut.png", {f"vanilla {steps} steps": slow, f"shortcut {budget} base calls": fast})
 
 
 if __name__ == "__main__":

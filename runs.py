@@ -27,11 +27,11 @@ STAGE_FIELDS = {
     "codebook": ["patch", "codebook_size"],
     "pretrain": ["d_model", "n_layers", "n_heads", "pretrain_steps", "batch_size", "lr", "warmup",
                  "weight_decay", "prompt_drop"],
-    "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature"],
+    "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature", "order"],
     "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps",
            "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "rl_pool", "clip_eps", "beta"],
     "eval_rl": [],
-    "shortcut": ["sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
+    "shortcut": ["sc_steps", "sc_budgets", "sc_eval", "sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
                  "sc_bench_batch"],
 }
 
@@ -55,9 +55,9 @@ def stage_config(cfg, stage):
     raise KeyError(stage)
 
 
-# a key newer than a checkpoint counts as what the code did before it existed: a Config field's default, and
-# the first verifier (rewards.VERSION)
-BEFORE = dict(DEFAULTS, verifier=1)
+# a key newer than a checkpoint counts as what the code did before it existed: a Config field's default, the
+# first verifier (rewards.VERSION), and a shortcut stage that ran at the evaluation's steps (no value matches it)
+BEFORE = dict(DEFAULTS, verifier=1, sc_steps=None, sc_budgets=None, sc_eval=None)
 
 
 def config_of(ck):

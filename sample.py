@@ -8,6 +8,15 @@ sampled at every masked position, and some of them are committed (kept for good)
               floor(N * cos(pi/2 * (t+1)/T)) tokens stay masked (each step commits at least
               one, the last commits all); the ones kept are the most confident, confidence =
               log p(sampled) + choice_temperature * (1 - (t+1)/T) * Gumbel noise.
+  halton      the Halton scheduler (Besnier et al., arXiv 2503.17076): positions are committed in a
+              fixed order, the points of a 2-D Halton sequence on the token grid (halton_order), each
+              sample's order rolled by a random offset; step t commits the next commit_counts(T, N)[t]
+              of them (the cosine schedule above; the paper uses an arccos one). The tokens are still
+              sampled from the model, but no confidence decides where: each step's tokens lie far
+              apart, so fewer of them belong to one object. For RL the order is fixed, so (as with the
+              stochastic sampler) the ordering decision that gets no gradient is gone. Simplified: the
+              public code also rewrites the tokens at every position revealed so far; here a committed
+              token stays, as in MaskGIT.
   stochastic  MaskGRPO's ancestral sampler (arXiv 2510.02880): every masked token is committed
               independently with probability (k_t - k_{t+1}) / k_t, k_t = cos(pi/2 * t/T).
               No confidence ordering, so rollouts are more diverse; the counts are random.
@@ -57,6 +66,43 @@ def commit_counts(T, N):
     sample_step never has to ask the device how many tokens are still masked (a host sync per step)."""
     left = [N] + mask_counts(T, N)
     return [a - b for a, b in zip(left, left[1:])]
+
+
+def radical_inverse(i, base):
+    """i's digits in `base` mirrored behind the point: 1 -> 0.1, 2 -> 0.01, 3 -> 0.11 in base 2."""
+    x, f = 0.0, 1.0 / base
+    while i:
+        i, digit = divmod(i, base)
+        x, f = x + digit * f, f / base
+    return x
+
+
+def halton_order(side):
+    """The side x side token grid's positions (row-major indices) in the order of the 2-D Halton sequence
+    (base 2 across, base 3 down), a point's first visit only: consecutive positions lie far apart."""
+    order, seen, i = [], set(), 0
+    while len(order) < side * side:
+        pos = int(radical_inverse(i, 3) * side) * side + int(radical_inverse(i, 2) * side)
+        if pos not in seen:
+            seen.add(pos)
+            order.append(pos)
+        i += 1
+    return order
+
+
+def commit_order(mode, B, N, generator, device):
+    """For mode "halton": each position's place in its sample's order (B, N) long, halton_order rolled by a
+    random offset per sample (positions with a smaller place are committed first). None for the other modes
+    (they draw no random numbers here, so their samples do not change)."""
+    if mode != "halton":
+        return None
+    side = math.isqrt(N)
+    if side * side != N:
+        raise ValueError(f"the halton order needs a square token grid, got {N} tokens")
+    place = torch.empty(N, dtype=torch.long)
+    place[torch.tensor(halton_order(side))] = torch.arange(N)  # (N,) place of each position in the order
+    offset = torch.randint(N, (B, 1), generator=generator, device=device)  # (B, 1)
+    return (place.to(device) - offset) % N  # (B, N): the order starts at a random point of the list
 
 
 @dataclass
@@ -159,10 +205,10 @@ def check_sampling(prompt_ids, temperature):
 
 
 def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature, generator,
-                temperature=1.0, token_temperature=None):
-    """One decoding step from guided logits (B, N, K). n_commit: how many tokens "confidence" commits in
-    every row (commit_counts(T, N)[t]; "stochastic" ignores it). Returns new state, committed, tokens, logp,
-    entropy."""
+                temperature=1.0, token_temperature=None, order=None):
+    """One decoding step from guided logits (B, N, K). n_commit: how many tokens "confidence" and "halton"
+    commit in every row (commit_counts(T, N)[t]; "stochastic" ignores it); order: "halton"'s (B, N) places
+    (commit_order). Returns new state, committed, tokens, logp, entropy."""
     masked = state == mask_id  # (B, N)
     if token_temperature is not None:  # its entropy is the raw guided logits', before any temperature (MaskFocus)
         ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
@@ -172,9 +218,14 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
     tokens = (logp_all + gumbel(logp_all.shape, generator, logits.device)).argmax(-1)  # (B, N) ~ policy
     logp = logp_all.gather(-1, tokens[..., None])[..., 0]
     entropy = -(logp_all.exp() * logp_all).sum(-1) * masked
-    if mode == "confidence":
-        r = (t + 1) / T
-        conf = logp + choice_temperature * (1 - r) * gumbel(logp.shape, generator, logits.device)
+    if mode in ("confidence", "halton"):
+        if mode == "confidence":
+            r = (t + 1) / T
+            conf = logp + choice_temperature * (1 - r) * gumbel(logp.shape, generator, logits.device)
+        elif order is None:
+            raise ValueError("mode 'halton' needs the order of its positions (sample.commit_order)")
+        else:
+            conf = -order.float()  # the earliest places in the order first
         conf = conf.masked_fill(~masked, -math.inf)  # known positions are never re-committed
         idx = conf.topk(n_commit, dim=1).indices
         committed = torch.zeros_like(masked).scatter_(1, idx, True)
@@ -183,7 +234,7 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
         p = 1.0 if t == T - 1 else (k_now - k_next) / k_now
         committed = masked & (torch.rand(masked.shape, generator=generator, device=logits.device) < p)
     else:
-        raise ValueError(f"mode must be 'confidence' or 'stochastic', got {mode!r}")
+        raise ValueError(f"mode must be 'confidence', 'halton' or 'stochastic', got {mode!r}")
     return torch.where(committed, tokens, state), committed, tokens, logp, entropy
 
 
@@ -195,6 +246,7 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
     B, N = prompt_ids.shape[0], model.cfg.n_tokens
     dev = prompt_ids.device
     commits = commit_counts(steps, N)
+    order = commit_order(mode, B, N, generator, dev)  # (B, N) for "halton", else None
     state = torch.full((B, N), model.mask_id, dtype=torch.long, device=dev)
     names = ["states", "committed", "tokens", "logp", "entropy", "x0"] + (["features"] if record_features else [])
     rec = {k: [] for k in names}
@@ -204,7 +256,7 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
                                           sampling=True)
             new, committed, tokens, logp, entropy = sample_step(
                 logits, state, model.mask_id, t, steps, commits[t], mode, choice_temperature, generator,
-                temperature, token_temperature)
+                temperature, token_temperature, order)
             if record:
                 x0 = torch.where(state == model.mask_id, tokens, state)  # the step's guess of the clean image
                 for k, v in zip(rec, (state, committed, tokens, logp, entropy, x0, feats)):
@@ -237,7 +289,7 @@ if __name__ == "__main__":
     for name, kind, what in [("steps", int, "sampling steps T"), ("cfg", float, "CFG scale"),
                              ("temperature", float, "")]:
         ap.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the run's)")
-    ap.add_argument("--mode", default="confidence", choices=["confidence", "stochastic"])
+    ap.add_argument("--mode", default="confidence", choices=["confidence", "halton", "stochastic"])
     ap.add_argument("--n", type=int, default=8, help="samples to draw of --prompt")
     ap.add_argument("--bench", action="store_true", help="print images/s at --batch instead (bench.py)")
     ap.add_argument("--batch", type=int, default=256)

@@ -143,15 +143,15 @@ def stage_pretrain(cfg, vq, dev):
 
 
 @torch.no_grad()
-def generate(cfg, model, vq, prompts, dev, seed, mode="confidence"):
-    """Sample images for a list of prompts in batches (CPU tensor (B, 3, H, W))."""
+def generate(cfg, model, vq, prompts, dev, seed):
+    """Sample images for a list of prompts in batches, in cfg's commit order (CPU tensor (B, 3, H, W))."""
     model.eval()
     g = torch.Generator(dev).manual_seed(dist.seed(seed))
     mine, out = prompts[dist.share(len(prompts))], []  # torchrun: this rank's share, gathered below
     for i in tqdm(range(0, len(mine), cfg.eval_batch), desc="sample", leave=False):
         ids = encode_prompts(mine[i:i + cfg.eval_batch]).to(dev)
         tok = sample(model, ids, cfg.sample_steps, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature,
-                     mode=mode, generator=g)
+                     mode=cfg.order, generator=g)
         out.append(vq.decode(tok).cpu())
     return dist.gather(torch.cat(out))
 
@@ -189,20 +189,22 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
 
 def stage_sweep(cfg, models, vq, data, dev):
     """The parallelism table: the evaluation (same prompts, same seed) at each step count of --sweep-steps,
-    for each of `models` (name -> model). Fewer steps commit more tokens per step: MaskGIT's speed-quality
-    trade-off, and whether RL moves it."""
+    for each of `models` (name -> model), in both commit orders (MaskGIT's confidence, Halton's). Fewer steps
+    commit more tokens per step: MaskGIT's speed-quality trade-off, whether RL moves it, and whether spreading
+    a step's tokens over the image (Halton) makes fewer objects of mismatched parts."""
     if (ck := load_stage(cfg, "sweep")) is not None:
         return ck
     rows = []
     for name, model in models.items():
-        for T in tqdm(sweep_list(cfg.sweep_steps), desc=f"sweep {name}", leave=False):
-            t0 = time.time()
-            _, _, acc, fd, failures = evaluate(dataclasses.replace(cfg, sample_steps=T), model, vq, data, dev)
-            rows.append(dict(model=name, steps=T, tokens_per_step=cfg.n_tokens / T, accuracy=acc, quality=fd,
-                             failures=failures["overall"],
-                             seconds=time.time() - t0))
-            print(f"[sweep] {name} T={T}: accuracy {acc['overall']:.1%}, quality FD {fd:.3f}")
-            report.log_metrics(cfg, stage="sweep", **rows[-1])
+        for order in ("confidence", "halton"):
+            for T in tqdm(sweep_list(cfg.sweep_steps), desc=f"sweep {name}, {order}", leave=False):
+                t0 = time.time()
+                at = dataclasses.replace(cfg, sample_steps=T, order=order)
+                _, _, acc, fd, failures = evaluate(at, model, vq, data, dev)
+                rows.append(dict(model=name, order=order, steps=T, tokens_per_step=cfg.n_tokens / T, accuracy=acc,
+                                 quality=fd, failures=failures["overall"], seconds=time.time() - t0))
+                print(f"[sweep] {name}, {order} T={T}: accuracy {acc['overall']:.1%}, quality FD {fd:.3f}")
+                report.log_metrics(cfg, stage="sweep", **rows[-1])
     return save_stage(cfg, "sweep", dict(rows=rows))
 
 
@@ -299,21 +301,35 @@ def example_trajectory(cfg, model, vq, dev, prompt="a red circle left of a blue 
     """One recorded trajectory with the evaluation's sampling settings, and its k critical steps (focus.py)."""
     g = torch.Generator(dev).manual_seed(cfg.seed)
     _, traj = sample(model, encode_prompts([prompt]).to(dev), cfg.sample_steps, cfg.cfg_scale, cfg.temperature,
-                     cfg.choice_temperature, generator=g, record=True)
+                     cfg.choice_temperature, mode=cfg.order, generator=g, record=True)
     return traj, focus.critical_steps(focus.information_gain(traj, vq.codes), cfg.rl_k)
 
 
+def shortcut_configs(cfg):
+    """The speed table's rows: vanilla at sc_steps; at each budget B of base calls, vanilla with B steps, the cache
+    and the shortcut at sc_steps; and, when the evaluation runs fewer steps, the shortcut there at half its calls
+    beside vanilla with as many steps and with all of them (where the shortcut does not pay)."""
+    S, T, budgets = cfg.sc_steps, cfg.sample_steps, sweep_list(cfg.sc_budgets)
+    rows = [("vanilla", S, S)] + [("vanilla", b, b) for b in budgets]
+    rows += [("cache", S, b) for b in budgets] + [("shortcut", S, b) for b in budgets]
+    if T < S:
+        half = max(1, T // 2)
+        rows += [("vanilla", half, half), ("vanilla", T, T), ("shortcut", T, half)]
+    return list(dict.fromkeys(rows))  # each row once, in this order
+
+
 def stage_shortcut(cfg, model, vq, data, dev):
-    """MIGM-Shortcut: train on the final model's trajectories, then the latency / quality table."""
+    """MIGM-Shortcut: train on the final model's trajectories of sc_steps steps, then the latency / quality table."""
     if (ck := load_stage(cfg, "shortcut")) is not None:
         return ck
     g, g_cpu = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 6)), torch.Generator().manual_seed(cfg.seed + 7)
-    T, D = cfg.sample_steps, cfg.d_model
+    S, T, D = cfg.sc_steps, cfg.sample_steps, cfg.d_model
+    kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
     t0 = time.time()
     ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)[dist.share(cfg.sc_prompts)]).to(dev)
     if dist.rank():
         g_cpu.manual_seed(dist.seed(cfg.seed + 7))  # torchrun: each rank its own training batches
-    traj = shortcut.collect(model, ids, T, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature, g, cfg.eval_batch)
+    traj = shortcut.collect(model, ids, S, generator=g, batch=cfg.eval_batch, **kw)
     net = shortcut.Shortcut(D, cfg.sc_width or D // 2).to(dev)
     dist.broadcast(net)
     log = shortcut.train_shortcut(net, model, traj, cfg.sc_iters, cfg.sc_batch, cfg.sc_lr,
@@ -321,29 +337,32 @@ def stage_shortcut(cfg, model, vq, data, dev):
     net.eval()
     _, val_rows = shortcut.split_rows(traj)  # the validation trajectories
     with autocast(dev):
-        distance = bench.step_distance_mse(net, model, traj, val_rows, max_d=min(4, T - 1))
+        distance = bench.step_distance_mse(net, model, traj, val_rows, max_d=min(4, S - 1))
     train_seconds = time.time() - t0
     del traj
+    moves = {S: distance[1]} if S > 1 else {}  # how far the features move in one step, and the shortcut's error
+    if 1 < T < S:  # the same at the evaluation's step count, on new trajectories of the validation prompts
+        n_val = int(shortcut.split_rows(dict(traj=torch.arange(len(ids))))[1].numel())
+        short = shortcut.collect(model, ids[:n_val], T, generator=g, batch=cfg.eval_batch, **kw)
+        with autocast(dev):
+            moves[T] = bench.step_distance_mse(net, model, short, torch.arange(short["traj"].shape[0]), max_d=1)[1]
     # one sampling step of each for one image (with --sc-uncond cache the shortcut moves the conditional branch only)
     (base_flops, base_ops), (sc_flops, sc_ops) = bench.step_cost(model, net, 1 if cfg.sc_uncond == "cache" else 2)
-    prompts, ref = data["eval_prompts"], data["eval_ref"].float() / 255  # the whole evaluation set
+    pick = torch.linspace(0, len(data["eval_prompts"]) - 1, cfg.sc_eval).round().long().tolist()  # an even spread
+    prompts, ref = [data["eval_prompts"][i] for i in pick], data["eval_ref"][pick].float() / 255
 
     def score(tokens):  # accuracy overall and per category (where a sampler loses shows there), quality
         images = vq.decode(tokens).cpu()
         acc = rewards.accuracy_report(rewards.reward(images, prompts), prompts)
         return dict(accuracy=acc.pop("overall"), **acc, quality=rewards.quality(images, ref))
 
-    budgets = sorted({max(2, T // 3), max(2, T // 2)})  # T=12: 4 and 6 base calls (8 rows in all)
-    configs = ([("vanilla", s, s) for s in sorted({*budgets, 2 * T // 3, T})] + [("cache", T, b) for b in budgets]
-               + [("shortcut", T, b) for b in budgets])
     table = [] if dist.rank() else bench.speed_table(  # torchrun: rank 0 times it alone
-        model, net, configs, encode_prompts(prompts).to(dev), score, T, cfg.sc_bench_batch,
-        dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, uncond=cfg.sc_uncond,
-             choice_temperature=cfg.choice_temperature), seed=cfg.seed + 100)
+        model, net, shortcut_configs(cfg), encode_prompts(prompts).to(dev), score, S, cfg.sc_bench_batch,
+        dict(kw, uncond=cfg.sc_uncond), seed=cfg.seed + 100)
     for r in table:
         report.log_metrics(cfg, stage="shortcut", **r)
     return save_stage(cfg, "shortcut", dict(
-        state=state_dict(net), log=log, distance=distance, table=table, train_seconds=train_seconds,
+        state=state_dict(net), log=log, distance=distance, moves=moves, table=table, train_seconds=train_seconds,
         params=sum(q.numel() for q in net.parameters()), flops_ratio=sc_flops / base_flops,
         ops=(sc_ops, base_ops), bench_batch=cfg.sc_bench_batch, n_eval=len(prompts), device=str(dev)))
 

@@ -1,4 +1,5 @@
 import copy
+import itertools
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from torch.overrides import TorchFunctionMode
 
 import bench
 from bench import cost, forward_flops, time_interleaved
-from sample import commit_counts, mask_counts, mask_schedule, policy_logits, sample
+from sample import commit_counts, commit_order, halton_order, mask_counts, mask_schedule, policy_logits, sample
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("mode", ["confidence", "stochastic"])
+@pytest.mark.parametrize("mode", ["confidence", "halton", "stochastic"])
 def test_sampler_never_reads_values_back(model, mode):
     # every step's commit count is known from the schedule, so the loop queues work without waiting on it
     with HostReads() as spy:
@@ -62,7 +63,7 @@ def test_sampler_never_reads_values_back(model, mode):
     assert spy.seen == ["__int__"]
 
 
-@pytest.mark.parametrize("mode", ["confidence", "stochastic"])
+@pytest.mark.parametrize("mode", ["confidence", "halton", "stochastic"])
 def test_sampler_leaves_no_mask_and_trajectory_is_consistent(model, mode):
     ids = prompts(3)
     g = torch.Generator().manual_seed(0)
@@ -81,7 +82,7 @@ def test_sampler_leaves_no_mask_and_trajectory_is_consistent(model, mode):
         assert (state[tr.committed[t]] == model.mask_id).all()  # only masked positions get committed
         state = torch.where(tr.committed[t], tr.tokens[t], state)
     assert torch.equal(state, tok)
-    if mode == "confidence":
+    if mode != "stochastic":  # the schedule's counts
         counts = [N] + mask_counts(T, N)
         for t in range(T):
             assert (tr.committed[t].sum(1) == counts[t] - counts[t + 1]).all()
@@ -90,6 +91,31 @@ def test_sampler_leaves_no_mask_and_trajectory_is_consistent(model, mode):
         lp = policy_logits(model, tr.states[t], ids, 2.0).log_softmax(-1)
         want = lp.gather(-1, tr.tokens[t][..., None])[..., 0]
         assert torch.allclose(want, tr.logp[t], atol=1e-5)
+
+
+def test_halton_order_by_hand():
+    # point i: column from i's base-2 digits mirrored, row from its base-3 digits, on an 8 x 8 grid:
+    # i=1 -> (1/2, 1/3) -> column 4, row 2 -> 20; i=2 -> (1/4, 2/3) -> column 2, row 5 -> 42; i=3 -> (3/4, 1/9) -> 6
+    assert halton_order(8)[:4] == [0, 20, 42, 6]
+    assert halton_order(4)[:4] == [0, 6, 9, 3]  # on 4 x 4: (2, 1), (1, 2), (3, 0) as (column, row)
+    for side in (1, 2, 3, 4, 8, 16):
+        assert sorted(halton_order(side)) == list(range(side * side))  # every position once
+
+
+def test_halton_commits_each_position_once_in_its_rolled_order(model):
+    ids, T, N = prompts(3), 5, 16
+    tok, tr = sample(model, ids, T, cfg_scale=2.0, mode="halton", generator=torch.Generator().manual_seed(1),
+                     record=True)
+    place = commit_order("halton", 3, N, torch.Generator().manual_seed(1), torch.device("cpu"))  # drawn first
+    assert not torch.equal(place[0], place[1])  # each sample its own offset into the list
+    rolled = [(place[b] - place[b, halton_order(4)[0]]) % N for b in range(3)]
+    assert all(torch.equal(r, rolled[0]) for r in rolled)  # the same list, rolled
+    cum = [0, *itertools.accumulate(commit_counts(T, N))]
+    for t in range(T):  # step t commits the places cum[t] .. cum[t+1]-1 of each sample's order
+        assert torch.equal(tr.committed[t], (place >= cum[t]) & (place < cum[t + 1]))
+    again = sample(model, ids, T, cfg_scale=2.0, mode="halton", generator=torch.Generator().manual_seed(1))
+    other = sample(model, ids, T, cfg_scale=2.0, mode="halton", generator=torch.Generator().manual_seed(2))
+    assert torch.equal(tok, again) and not torch.equal(tok, other)
 
 
 def test_sampler_is_reproducible(model):

@@ -1,8 +1,12 @@
+import itertools
+
 import pytest
 import torch
 
 import bench
+import config
 import shortcut as sc
+import train
 from model import MaskedTransformer, ModelConfig, encode_prompts, null_prompts
 from report import speed_table_lines
 from bench import cost
@@ -175,22 +179,35 @@ def test_budget_as_a_list_of_steps():
             run(bad)
 
 
+def fake_clock(monkeypatch, seconds):
+    """bench.timed runs the call and says it took seconds[k] for the k-th row of each batch; -> the batch sizes."""
+    sizes, calls = [], itertools.count()
+
+    def timed(fn, device):
+        out = fn()
+        sizes.append(out.shape[0])
+        return out, seconds[next(calls) % len(seconds)]
+    monkeypatch.setattr(bench, "timed", timed)
+    return sizes
+
+
 def test_speed_table_rows_and_listed_calls(monkeypatch):
     model, net = tiny_model(), sc.Shortcut(32)
-    ids = encode_prompts(PROMPTS * 2)  # 6 prompts, timed at batch 4, scored in batches of 4 and 2
-    monkeypatch.setattr(bench, "time_interleaved", lambda fns, dev, rounds=5: [0.4, 0.1, 0.2, 0.2][: len(fns)])
+    ids = encode_prompts((PROMPTS * 4)[:10])  # 10 prompts in batches of 4, 4, 2: the second one is timed
+    sizes = fake_clock(monkeypatch, [0.4, 0.1, 0.2, 0.2])
     seen = []
     score = lambda tokens: seen.append(tokens) or dict(accuracy=0.5, quality=float(tokens.shape[0]))
     configs = [("vanilla", 6, 6), ("vanilla", 2, 2), ("shortcut", 6, [0, 3]), ("cache", 6, [0, 1])]
     rows = bench.speed_table(model, net, configs, ids, score, 6, 4, dict(cfg_scale=2.0), seed=3)
+    assert sizes == [4] * 8 + [2] * 4  # every row takes each batch in turn
     assert [(r["kind"], r["steps"], r["budget"]) for r in rows] == [("vanilla", 6, 6), ("vanilla", 2, 2),
                                                                    ("shortcut", 6, 2), ("cache", 6, 2)]
     assert "calls" not in rows[2] and rows[3]["calls"] == [0, 1]  # only calls that are not evenly spaced are listed
     assert [r["speedup"] for r in rows] == [1.0, 4.0, 2.0, 2.0] and rows[0]["ms_per_image"] == 100.0
-    assert all(r["quality"] == 6 and r["accuracy"] == 0.5 for r in rows)  # every prompt scored, once
-    g = torch.Generator().manual_seed(3)  # scoring uses one generator per row, across the batches
+    assert all(r["quality"] == 10 and r["accuracy"] == 0.5 for r in rows)  # every prompt scored, once
+    g = torch.Generator().manual_seed(3)  # one generator per row, across the batches
     want = torch.cat([sc.sample_with_shortcut(model, net, ids[i:i + 4], 6, [0, 3], cfg_scale=2.0, generator=g)
-                      for i in (0, 4)])
+                      for i in (0, 4, 8)])
     assert torch.equal(seen[2], want)
     vanilla_ops = cost(lambda: sample(model, ids[:1], 6, cfg_scale=2.0))[1]
     assert rows[0]["ops"] == vanilla_ops and rows[1]["ops"] < vanilla_ops / 2  # the same sampler; 2 steps of 6
@@ -216,10 +233,18 @@ def test_step_cost_counts_each_networks_own_ops():
     assert two == (2 * sc_flops, sc_ops) and sc_flops < base_flops / 2
 
 
-def test_speed_table_times_a_batch_larger_than_the_prompts(monkeypatch):
+def test_speed_table_with_one_batch_times_it_again(monkeypatch):
     model, net = tiny_model(), sc.Shortcut(32)
-    ids = encode_prompts(PROMPTS)  # 3 prompts, timed at batch 8: repeated to fill it
-    sizes = []
-    monkeypatch.setattr(bench, "time_interleaved", lambda fns, dev, rounds=5: [sizes.append(fn().shape) or 0.8 for fn in fns])
+    ids = encode_prompts(PROMPTS)  # 3 prompts, batches of 8: one batch, the warm-up, then sampled again and timed
+    sizes = fake_clock(monkeypatch, [0.3])
     rows = bench.speed_table(model, net, [("vanilla", 4, 4)], ids, lambda t: dict(accuracy=1.0, quality=0.0), 4, 8, {})
-    assert sizes == [(8, 16)] and rows[0]["ms_per_image"] == 100.0
+    assert sizes == [3, 3] and rows[0]["ms_per_image"] == 100.0
+
+
+def test_the_shortcut_table_at_the_papers_setting():
+    # MIGM-Shortcut's MaskGIT runs: 32 steps, 12 base calls, spread evenly
+    assert sc.budget_steps(32, 12) == [0, 3, 5, 8, 11, 13, 16, 19, 21, 24, 27, 29]
+    rows = train.shortcut_configs(config.Config())
+    assert rows[:4] == [("vanilla", 32, 32), ("vanilla", 8, 8), ("vanilla", 10, 10), ("vanilla", 12, 12)]
+    assert rows[4:10] == [(kind, 32, b) for kind in ("cache", "shortcut") for b in (8, 10, 12)]
+    assert rows[10:] == [("vanilla", 6, 6), ("shortcut", 12, 6)]  # vanilla 12 is there already: once

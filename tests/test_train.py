@@ -65,8 +65,10 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert set(acc) == {"overall", "single", "two", "counting", "position"}
     assert len(res["rl"]["log"]) == 3 and all(0 <= x["frac_reward_zero_std"] <= 1 for x in res["rl"]["log"])
     kinds = [(r["kind"], r["steps"], r["budget"]) for r in res["shortcut"]["table"]]
-    assert ("vanilla", 4, 4) in kinds and ("shortcut", 4, 2) in kinds and ("cache", 4, 2) in kinds
-    assert res["shortcut"]["table"][kinds.index(("vanilla", 4, 4))]["speedup"] == 1.0
+    assert kinds == train.shortcut_configs(res["cfg"])  # at sc_steps 8; the evaluation's T=4 at the end
+    assert ("vanilla", 8, 8) in kinds and ("shortcut", 8, 2) in kinds and ("cache", 8, 4) in kinds
+    assert ("shortcut", 4, 2) in kinds and res["shortcut"]["table"][0]["speedup"] == 1.0
+    assert set(res["shortcut"]["moves"]) == {4, 8}  # how far one step moves the features at T=4 and T=8
     for r in res["shortcut"]["table"]:  # per-category accuracy too; the evaluation set is balanced
         assert abs(r["accuracy"] - sum(r[c] for c in ("single", "two", "counting", "position")) / 4) < 1e-6
     for ev in (res["eval_pretrain"], res["eval_rl"]):  # every sample has exactly one verdict: ok or a reason
@@ -77,13 +79,16 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
             assert shares["mismatched parts"] <= shares[rewards.ANY_MISMATCH] <= 1 - shares["ok"]
     text = open(os.path.join(out, "report.md")).read()
     assert "## Shortcut" in text and "| colours and shapes swapped |" in text
-    # the parallelism table: both models at each step count; at the default T it is the evaluation itself
+    # the parallelism table: both models in both orders at each step count; at the evaluation's T and order it is
+    # the evaluation itself
     sweep = res["sweep"]["rows"]
-    assert [(r["model"], r["steps"]) for r in sweep] == [(m, t) for m in ("pretrained", "after RL") for t in (2, 4)]
-    for r, ev in ((sweep[1], res["eval_pretrain"]), (sweep[3], res["eval_rl"])):
+    assert [(r["model"], r["order"], r["steps"]) for r in sweep] == [
+        (m, o, t) for m in ("pretrained", "after RL") for o in ("confidence", "halton") for t in (2, 4)]
+    assert sweep[1]["accuracy"] != sweep[3]["accuracy"] or sweep[1]["quality"] != sweep[3]["quality"]
+    for r, ev in ((sweep[1], res["eval_pretrain"]), (sweep[5], res["eval_rl"])):
         assert r["accuracy"] == ev["accuracy"] and abs(r["quality"] - ev["quality"]) < 1e-9
         assert abs(sum(r["failures"][m] for m in rewards.FAILURES) - 1) < 1e-6 and r["tokens_per_step"] == 16
-    assert "## Parallel decoding: quality against the step count" in text and "| after RL | 2 | 32.0 |" in text
+    assert "## Parallel decoding: quality against the step count" in text and "| after RL | halton | 2 | 32.0 |" in text
     sc_ops, base_ops = res["shortcut"]["ops"]  # one step of each, and each sampler's ops in the table
     assert f"and {sc_ops} aten ops to its {base_ops}" in text and "| speed-up | ops | accuracy |" in text
     mtime = os.path.getmtime(os.path.join(out, "pretrain.pt"))
@@ -151,9 +156,9 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     res = subprocess.run([sys.executable, "shortcut.py", "--ckpt", out, "--prompt", "a red circle", "--n", "3",
                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert re.search(r"vanilla, 4 steps: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
-    # tiny runs T=4 steps, so the default budget is max(2, 4 // 2) = 2 base calls
-    assert re.search(r"shortcut, 2 base calls: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
+    assert re.search(r"vanilla, 8 steps: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
+    # tiny trains the shortcut at 8 steps with budgets 2 and 4: the demo's default is the largest
+    assert re.search(r"shortcut, 4 base calls: accuracy \d+% on 3 samples, [\d.]+ ms/image", res.stdout), res.stdout
     assert Image.open(os.path.join(out, "shortcut.png")).size == (3 * 128, 2 * (128 + 44))  # 3 columns, 2 rows
     # the demos refuse bad input with a usage line, not a traceback (and --steps 0 is not "the default")
     for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 64 image tokens"),
@@ -162,8 +167,8 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
                              ("sample.py", ["--cfg", "-1"], "--cfg must be at least 0, got -1.0"),
                              ("focus.py", ["--k", "9"], "need 1 <= --k <= --steps"),
                              ("grpo.py", ["--group", "1"], "--group at least 2"),
-                             ("shortcut.py", ["--prompt", "a red circle", "--budget", "5"],
-                              "--budget must be between 1 and the run's 4 sampling steps")]:
+                             ("shortcut.py", ["--prompt", "a red circle", "--budget", "9"],
+                              "--budget must be between 1 and the shortcut's 8 sampling steps")]:
         res = subprocess.run([sys.executable, script, "--ckpt", out, "--device", "cpu", *bad], cwd=ROOT,
                              capture_output=True, text=True)
         assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr, (script, bad, res.stderr)
@@ -208,7 +213,12 @@ def test_bad_flags_are_refused(capsys):
                      (["--sample-steps", "12", "--rl-k", "13"], "--rl-k must be between 1 and --sample-steps 12"),
                      (["--group-size", "1"], "at least 2"),
                      (["--rl-mask-floor", "1"], "--rl-mask-floor must be in [0, 1)"),
-                     (["--rl-routing", "entropy", "--rl-estimator", "replay"], "use it with --rl-estimator remask")]:
+                     (["--rl-routing", "entropy", "--rl-estimator", "replay"], "use it with --rl-estimator remask"),
+                     (["--sc-budgets", "8,x"], "--sc-budgets must be comma-separated numbers of base calls"),
+                     (["--sc-budgets", "8,40"], "--sc-budgets each between 1 and --sc-steps 32"),
+                     (["--sc-steps", "65"], "--sc-steps must be at most the 64 image tokens"),
+                     (["--sc-eval", "801"], "--sc-eval must be at most the evaluation's 800 samples"),
+                     (["--order", "random"], "invalid choice: 'random'")]:
         with pytest.raises(SystemExit):
             config.parse_config(["--preset", "cpu", *bad])
         assert msg in capsys.readouterr().err
