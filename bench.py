@@ -32,22 +32,22 @@ from shortcut import budget_steps, call_steps, chain, masked_sq, sample_with_sho
 PEAK_FLOPS = 790e12  # MFU's divisor: an H200's bf16 matmul rate as large products reach it (datasheet: about 989)
 
 
-def forward_flops(mcfg):
-    """Model FLOPs of one forward pass of one sequence (ModelConfig mcfg: L prompt words + N image tokens, S = L + N),
+def forward_flops(config):
+    """Model FLOPs of one forward pass of one sequence (ModelConfig config: L prompt words + N image tokens, S = L + N),
     2 per multiply-add: per layer the matmul weights (q, k, v, out: 4 d^2; the MLP: 2 mlp_ratio d^2) on all S
     positions and attention's two S x S products (4 S^2 d), then the head (d x K) on the N image positions.
     Embeddings, norms, softmax and RoPE are left out, as MFU counts; a training step counts 3x (backward 2x)."""
-    d, N = mcfg.d_model, mcfg.n_tokens
-    S = mcfg.prompt_len + N
-    layer = 2 * (4 + 2 * mcfg.mlp_ratio) * d * d * S + 4 * S * S * d
-    return mcfg.n_layers * layer + 2 * d * mcfg.codebook_size * N
+    d, N = config.d_model, config.n_tokens
+    S = config.prompt_len + N
+    layer = 2 * (4 + 2 * config.mlp_ratio) * d * d * S + 4 * S * S * d
+    return config.n_layers * layer + 2 * d * config.codebook_size * N
 
 
 def cost(fn):
     """(FLOPs, ops) of one call of fn(): torch's FLOP counter (matmuls and attention), and the aten ops that do
     work (views excluded), about one GPU kernel launch each. A small model on a GPU waits on Python to launch
-    its kernels, so there a step costs per op, not per FLOP (README: the shortcut saves FLOPs, not ops).
-    sample.py --bench prints a sampling call's ops; speed_table counts them per row."""
+    its kernels, so there a step costs per op, not per FLOP (docs/board-world.md, section 8: the shortcut saves
+    FLOPs, not ops). sample.py --bench prints a sampling call's ops; speed_table counts them per row."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -90,14 +90,14 @@ def time_interleaved(fns, device, rounds=5):
     return [statistics.median(ts) for ts in times]
 
 
-def pretrain_speed(cfg, model, steps=10, rounds=3):
-    """Median seconds per train.pretrain_step at cfg.batch_size (torch.compile'd when cfg.compile), `steps` steps
-    per timed round after a warm-up round, on fixed random tokens with fresh masks: the model's own pace, without
-    the scene rendering and VQ encoding that train.py's stage adds. It trains `model` (use a throwaway)."""
-    from train import pretrain_step  # train.py imports this file
-    dev, B, N = next(model.parameters()).device, cfg.batch_size, model.cfg.n_tokens
+def pretrain_speed(cfg, model, pretrain_step, steps=10, rounds=3):
+    """Median seconds per pretrain_step (train.py's, which imports this file: the caller hands it in) at
+    cfg.batch_size (torch.compile'd when cfg.compile), `steps` steps per timed round after a warm-up round, on
+    fixed random tokens with fresh masks: the model's own pace, without the scene rendering and VQ encoding that
+    train.py's stage adds. It trains `model` (use a throwaway)."""
+    dev, B, N = next(model.parameters()).device, cfg.batch_size, model.config.n_tokens
     g = torch.Generator(dev).manual_seed(0)
-    tokens, ids = torch.randint(0, model.cfg.codebook_size, (B, N), generator=g, device=dev), null_prompts(B, dev)
+    tokens, ids = torch.randint(0, model.config.codebook_size, (B, N), generator=g, device=dev), null_prompts(B, dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     net = torch.compile(model.train()) if cfg.compile else model.train()
 
@@ -126,7 +126,7 @@ def compiled_check(model, batch=64):
     g = torch.Generator(dev).manual_seed(0)
 
     def err(m, B):
-        x = torch.randint(0, m.cfg.codebook_size + 1, (B, m.cfg.n_tokens), generator=g, device=dev)
+        x = torch.randint(0, m.config.codebook_size + 1, (B, m.config.n_tokens), generator=g, device=dev)
         with autocast(dev):
             c, e = compiled_features(m, x, null_prompts(B, dev)).float(), m.features(x, null_prompts(B, dev)).float()
         return ((c - e).norm() / e.norm()).item()
@@ -174,9 +174,9 @@ def step_distance_mse(shortcut, model, data, rows, max_d=4):
 def step_cost(model, net, branches):
     """[(FLOPs, ops) of a base-model step, of a shortcut step] for one image, the base model on both CFG branches
     and the shortcut on the `branches` it moves; run as the sampling loop runs a step (autocast, warmed up)."""
-    dev, N = next(model.parameters()).device, model.cfg.n_tokens
+    dev, N = next(model.parameters()).device, model.config.n_tokens
     x, p = torch.full((2, N), model.mask_id, device=dev), null_prompts(2, dev)  # an empty board, both branches
-    f = torch.zeros(branches, N, model.cfg.d_model, device=dev)  # features in, as the shortcut sees them
+    f = torch.zeros(branches, N, model.config.d_model, device=dev)  # features in, as the shortcut sees them
     none, ratio = torch.zeros(branches, N, dtype=torch.bool, device=dev), torch.ones(branches, device=dev)
     with autocast(dev):  # the inputs are made above, so each count is the network's own ops
         fns = [lambda: model(x, p), lambda: net(f, f, none, ratio)]
@@ -230,6 +230,7 @@ if __name__ == "__main__":
 
     import config
     import runs
+    import train
     from model import MaskedTransformer, encode_prompts
     from world import sample_prompts
 
@@ -251,7 +252,7 @@ if __name__ == "__main__":
     dev = runs.pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = MaskedTransformer(config.model_config(cfg)).to(dev)
-    fwd, T, w = forward_flops(model.cfg), cfg.sample_steps, cfg.cfg_scale
+    fwd, T, w = forward_flops(model.config), cfg.sample_steps, cfg.cfg_scale
     mfu = lambda flops: f", {flops / PEAK_FLOPS:6.1%} of {PEAK_FLOPS / 1e12:.0f}" if dev.type == "cuda" else ""
     print(f"{dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), torch {torch.__version__}, "
           f"preset {cfg.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -263,7 +264,7 @@ if __name__ == "__main__":
 
     def pretrain(mode):
         sec = pretrain_speed(dataclasses.replace(cfg, compile=mode == "compiled"), copy.deepcopy(model),
-                             args.train_steps)  # a throwaway copy: every mode starts from the same weights
+                             train.pretrain_step, args.train_steps)  # a throwaway copy: each mode from the same weights
         flops = 3 * fwd * cfg.batch_size / sec
         return (f"pretrain  {mode:>8} batch {cfg.batch_size:>5}: {1000 * sec:8.2f} ms/step, {flops / 1e12:7.2f} "
                 f"model TFLOP/s{mfu(flops)}")

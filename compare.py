@@ -1,7 +1,7 @@
 """
 The comparison MaskFocus and GCPO invite: RL variants side by side, every one from the same pretrained
-weights, with the same seeds and the same number of updates (python train.py --compare runs it after the
-stages; --compare-variants picks some). Each variant is one setting of train.rl_update's three switches:
+weights, with the same seeds and the same number of updates. Each variant is one setting of train.rl_update's
+three switches:
 
   all steps                            GRPO on every sampling step (the expensive baseline)
   random k                             k random steps per update
@@ -9,8 +9,12 @@ stages; --compare-variants picks some). Each variant is one setting of train.rl_
   focus k + critical tokens            and GCPO's 30% critical tokens with dynamic weights
   focus k + critical tokens + routing  and MaskFocus's entropy-routed rollouts
 
-Writes the table into report.md (report.compare_table), the accuracy curves to compare.png and one
-trajectory with its critical steps to critical_steps.png.
+    python compare.py --out DIR --rl-updates 0 --sc-iters 0   # train.py's stages (finished ones skipped),
+                                                             # then every variant x --compare-seeds 3
+    python compare.py --out DIR --compare-variants 1,2      # some of them (indices into VARIANTS)
+
+Every other flag is train.py's. Writes the table into report.md (report.compare_table), the accuracy curves to
+compare.png and one trajectory with its critical steps to critical_steps.png.
 """
 
 import os
@@ -20,10 +24,10 @@ from tqdm import tqdm
 
 import focus
 import report
-from config import model_config
+from config import model_config, parse_config
 from runs import drop_progress, load_checkpoint, load_progress, load_stage, save_progress, save_stage
 from model import MaskedTransformer
-from train import example_trajectory, held_out_accuracy, held_out_prompts, rl_setup, rl_update
+from train import example_trajectory, held_out_accuracy, held_out_prompts, launch, rl_setup, rl_update
 
 VARIANTS = [  # name, steps, tokens, routing (train.rl_update's three switches)
     ("all steps", "all", "all", "off"),
@@ -62,7 +66,8 @@ def stage_compare(cfg, vq, data, dev):
     acc0 = acc(model)
     variants = pick_variants(cfg.compare_variants)
     if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
-        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. --compare-variants 0,1,2,3")
+        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. "
+                         "--compare-variants 0,1,2,3")
     for seed in range(cfg.compare_seeds):  # seed-major: a run stopped early still compares every variant
         for name, steps, tokens, routing in variants:
             if any(r["variant"] == name and r["seed"] == seed for r in runs):
@@ -99,3 +104,22 @@ def write_critical_steps(cfg, model, vq, dev):
     traj, marked = example_trajectory(cfg, model, vq, dev)
     sims = focus.step_similarity(traj, vq.codes)[0]  # (T,)
     report.trajectory_strip(vq.decode(traj.x0[:, 0]).cpu(), sims, marked, os.path.join(cfg.out, "critical_steps.png"))
+
+
+def main(argv=None):
+    """train.py's stages, then the comparison; its settings are checked before any work starts."""
+    cfg = parse_config(argv, __doc__)
+    pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
+    if not (cfg.compare_updates or cfg.rl_updates):
+        raise SystemExit("the comparison needs --compare-updates (or --rl-updates) above 0")
+    if cfg.rl_estimator == "maskgrpo":
+        raise SystemExit("the comparison varies the scored steps, and --rl-estimator maskgrpo scores none; "
+                         "use remask or replay")
+    return launch(cfg, {"compare": stage_compare})
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # finished stages and runs are on disk: say so, no traceback
+        raise SystemExit("\ninterrupted: the same command goes on from the last finished stage or run")

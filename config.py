@@ -56,12 +56,12 @@ class Config:
     rl_prompts: int = 8  # prompts per update
     group_size: int = 8  # samples per prompt (G)
     rl_lr: float = 1e-4
-    rl_mu: int = 0  # inner updates per rollout batch; 0: the estimator's own (maskgrpo 6, as MaskGRPO for images; else 1)
+    rl_mu: int = 0  # inner updates per rollout batch; 0: the estimator's own (maskgrpo 6, MaskGRPO's; else 1)
     rl_estimator: str = "remask"  # remask (MaskFocus) | replay | maskgrpo (its mask-ratio schedule; no steps chosen)
     rl_mask_floor: float = 0.6  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999) (MaskGRPO: 0.6)
-    rl_pool: str = "token"  # token: one mean over every scored token | step: a mean per scored step, then over steps (MaskFocus)
-    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; the comparison, README)
-    rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights; the comparison, README)
+    rl_pool: str = "token"  # token: one mean over every scored token | step: a mean per step, then over steps
+    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; compare.py)
+    rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
     rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus) | halton | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
@@ -70,8 +70,7 @@ class Config:
     clip_eps: float = 0.2
     beta: float = 0.01
     rl_eval_every: int = 0  # held-out accuracy (compare_eval_prompts, 1 sample each) every this many updates; 0: off
-    # the focus comparison (python train.py --compare): every variant from the pretrained weights
-    compare: bool = False
+    # the focus comparison (python compare.py): every variant from the pretrained weights
     compare_seeds: int = 3
     compare_updates: int = 0  # 0: rl_updates
     compare_eval_prompts: int = 200  # held-out prompts (1 sample each) for the accuracy curves
@@ -104,7 +103,8 @@ FIELD_NOTES = dict(re.findall(r"^    (\w+): \w+ = [^#\n]*# *(.*)$", inspect.gets
 PRESETS = {
     "tiny": dict(fit_images=300, d_model=32, n_layers=1, n_heads=2, pretrain_steps=30,
                  batch_size=16, warmup=5, sample_steps=4, eval_prompts=8, eval_samples=2, eval_batch=16,
-                 rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2, compare_eval_prompts=8,
+                 rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2,
+                 compare_eval_prompts=8,
                  sc_steps=8, sc_budgets="2,4", sc_eval=16, sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
     "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
     # MaskGIT's 16x16 = 256-token grid (64x64 px, 4x4 patches; objects of 16-24 px span 4x4 to 6x6 tokens) in
@@ -118,14 +118,16 @@ PRESETS = {
     #   13.2 PFLOP: 67 s at 198 TFLOP/s (5 minutes holds down to 6% MFU).
     "gpu": dict(image_size=64, patch=4, grid=4, codebook_size=256, d_model=256, n_layers=6, n_heads=8,
                 pretrain_steps=2000, batch_size=256, lr=1.5e-3, warmup=100, eval_samples=4, eval_batch=1600,
-                rl_updates=200, rl_prompts=32, rl_micro_batch=64, rl_eval_every=25, compare_updates=100, compare_eval_prompts=400,
+                rl_updates=200, rl_prompts=32, rl_micro_batch=64, rl_eval_every=25, compare_updates=100,
+                compare_eval_prompts=400,
                 sc_eval=1600, sc_prompts=1024, sc_iters=3000, sc_bench_batch=1024),
 }
 
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
            "rl_estimator": ["remask", "replay", "maskgrpo"], "rl_steps": ["all", "random", "focus"],
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
-           "rl_mode": ["stochastic", "confidence", "halton"], "order": ["confidence", "halton"], "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
+           "rl_mode": ["stochastic", "confidence", "halton"], "order": ["confidence", "halton"],
+           "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
 
 # the range every numeric field must lie in, checked before any work starts (a zero batch once trained nothing)
 RANGES = [
@@ -133,7 +135,8 @@ RANGES = [
      "eval_batch rl_prompts compare_seeds compare_eval_prompts sc_steps sc_eval sc_batch sc_bench_batch sc_unroll"),
     # group_size: advantages compare the samples of a prompt; sc_prompts: a training and a validation split
     ("at least 2", lambda v: v >= 2, "codebook_size group_size sc_prompts"),
-    ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates rl_mu rl_micro_batch beta rl_eval_every "
+    ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates rl_mu "
+     "rl_micro_batch beta rl_eval_every "
      "compare_updates sc_iters sc_width snapshot_secs"),
     ("above 0", lambda v: v > 0, "lr temperature rl_lr clip_eps sc_lr"),
     ("in [0, 1)", lambda v: 0 <= v < 1, "prompt_drop rl_mask_floor"),
@@ -152,7 +155,8 @@ flag = lambda name: "--" + name.replace("_", "-")  # a Config field's command-li
 
 def parse_config(argv=None, description=None):
     """Config from the command line: --preset picks defaults, every other field is a flag that overrides."""
-    ap = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=description or __doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
         opt, note = flag(f.name), FIELD_NOTES.get(f.name, "").replace("%", "%%")
         if f.type is bool:
@@ -189,7 +193,8 @@ def parse_config(argv=None, description=None):
     for bad, message in [  # checked now, not after minutes of pretraining
         (cfg.image_size % cfg.patch, f"--image-size {cfg.image_size} must be a multiple of --patch {cfg.patch}"),
         (cfg.d_model % cfg.n_heads, f"--d-model {cfg.d_model} must be a multiple of --n-heads {cfg.n_heads}"),
-        (w % shortcut.N_HEADS, f"the shortcut's width {w} must be a multiple of its {shortcut.N_HEADS} heads; set --sc-width"),
+        (w % shortcut.N_HEADS, f"the shortcut's width {w} must be a multiple of its {shortcut.N_HEADS} heads; "
+                               "set --sc-width"),
         ((cfg.d_model // cfg.n_heads) % 4, "the head size d_model / n_heads must be a multiple of 4 (2-D RoPE: row and "
                                            f"column pairs), got {cfg.d_model} / {cfg.n_heads}"),
         (cfg.eval_prompts < 4 or cfg.eval_prompts % 4, "--eval-prompts must be a positive multiple of 4 (balanced over "
@@ -203,12 +208,8 @@ def parse_config(argv=None, description=None):
         (cfg.sc_eval > cfg.eval_prompts * cfg.eval_samples, f"--sc-eval must be at most the evaluation's "
                                                              f"{cfg.eval_prompts * cfg.eval_samples} samples"),
         (not 1 <= cfg.rl_k <= T, f"--rl-k must be between 1 and --sample-steps {T}, got {cfg.rl_k}"),
-        (cfg.compare and not (cfg.compare_updates or cfg.rl_updates), "--compare needs --compare-updates (or "
-                                                                      "--rl-updates) above 0"),
         (cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay", "--rl-routing entropy changes the rollout "
-                                                                       "policy; use it with --rl-estimator remask"),
-        (cfg.compare and cfg.rl_estimator == "maskgrpo", "--compare varies the scored steps, and --rl-estimator "
-                                                         "maskgrpo scores none; use remask or replay")]:
+                                                                       "policy; use it with --rl-estimator remask")]:
         if bad:
             ap.error(message)
     return cfg

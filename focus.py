@@ -22,7 +22,7 @@ Choices and simplifications, plainly:
   - Critical steps are chosen per batch by default (s_t averaged over the batch before the gain), as
     in the MaskFocus code: a batch-level choice is less noisy than one sample's. focus_steps(per_sample=
     True) gives every sample its own k steps instead (the same number of model calls: call s scores
-    each sample at its own s-th step); the README compares the two.
+    each sample at its own s-th step); docs/board-world.md, section 3 compares the two.
   - Gain index: gain_t = |s_{t+1} - s_t| belongs to step t, the step whose commits caused the
     change; x0 of the last step is the final image, so the last step's gain is 0.
   - "Codebook embedding" here is the VQ code itself (a p x p RGB patch, 3p^2 numbers): our codebook is
@@ -84,19 +84,6 @@ def critical_steps(gain, k):
         raise ValueError(f"k must be in [1, {gain.shape[-1]}], got {k}")
     top = gain.topk(k, dim=-1).indices.sort(-1).values
     return top.tolist() if gain.ndim == 1 else top
-
-
-def first_commit(traj, is_object):
-    """The first committed position whose final token is a part of an object: (step (B,), position (B,)), -1
-    where none. is_object (K,) bool over the codebook (probe.part_labels: codes that belong to one colour and
-    shape). That commit is the sample's first real decision: binding and relation errors begin there."""
-    hit = traj.committed & is_object.to(traj.final.device)[traj.final][None]  # (T, B, N)
-    T, B, N = hit.shape
-    flat = hit.permute(1, 0, 2).reshape(B, T * N)  # step-major: the first True is the earliest step
-    first = flat.float().argmax(1)
-    found = flat.any(1)
-    none = torch.full_like(first, -1)
-    return torch.where(found, first // N, none), torch.where(found, first % N, none)
 
 
 # ---- Entropy routing (MaskFocus)
@@ -244,7 +231,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     model, vq, cfg = runs.load_generator(args.ckpt, runs.pick_device(args.device), pretrained=args.pretrained)
     T, dev = cfg.sample_steps if args.steps is None else args.steps, vq.codes.device
-    if min(args.batches, args.prompts) < 1 or args.group < 2 or not 1 <= args.k <= T <= model.cfg.n_tokens:
+    if min(args.batches, args.prompts) < 1 or args.group < 2 or not 1 <= args.k <= T <= model.config.n_tokens:
         ap.error(f"need 1 <= --k <= --steps (the run's {T}), --batches, --prompts >= 1 and --group >= 2; got {args}")
     g, g_prompts, gains = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1), []
     for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements as one deadline-bound command (README: "The GPU preset").
+# The GPU measurements as one deadline-bound command (README: "Where the rest lives").
 #
 #   bash gpu_check.sh                        # on the GPU machine, from the repository root
 #   PRESET=tiny DEVICE=cpu DEADLINE=120 OUT=/tmp/g bash gpu_check.sh     # a dry run anywhere
@@ -14,7 +14,7 @@
 #      stage's seconds, and its pretraining table gives the model TFLOP/s and MFU
 #   3. python shortcut.py --prompt ... --n B for B in $SWEEP: vanilla vs the shortcut at half the base calls,
 #      CUDA-event ms/image at each batch (the table in report.md is at the preset's sc_bench_batch)
-#   4. python train.py --preset gpu --compare --compare-seeds 1: the five focus.py variants on one seed
+#   4. python compare.py --preset gpu --compare-seeds 1: the five focus.py variants on one seed
 # Stopping loses at most `--snapshot-secs` of a stage: a rerun on the same machine (whose ignored out/ is kept
 # while it stays warm) skips finished stages and resumes the unfinished one from its snapshot, so the same
 # command, repeated, goes on where the last one stopped. Whatever happens, $OUT ends up holding gpu.log (all
@@ -51,7 +51,10 @@ step() {  # step NAME CAP CMD...: run CMD with what is left of the deadline, at 
     local t0=$(date +%s)
     timeout -s INT -k 15 "$t" "$@" >>"$log" 2>&1
     local rc=$?
-    echo "[gpu_check] $name: exit $rc after $(($(date +%s) - t0))s$( ((rc == 124)) && echo ' (deadline: rerun to go on)')$( ((rc == 137)) && echo ' (killed at the deadline: rerun to go on)')" | tee -a "$log"
+    local why=""
+    ((rc == 124)) && why=" (deadline: rerun to go on)"
+    ((rc == 137)) && why=" (killed at the deadline: rerun to go on)"
+    echo "[gpu_check] $name: exit $rc after $(($(date +%s) - t0))s$why" | tee -a "$log"
 }
 
 keep() {  # what comes back: a few files, so one archive beside the log and the report
@@ -76,4 +79,4 @@ step train 0 "$PY" train.py "${common[@]}" $TRAIN_FLAGS
 for n in $SWEEP; do
     step "sweep $n" 0 "$PY" shortcut.py --ckpt "$RUN" --prompt "three green triangles" --n "$n" --device "$DEVICE"
 done
-step compare 0 "$PY" train.py "${common[@]}" $TRAIN_FLAGS --compare --compare-seeds 1
+step compare 0 "$PY" compare.py "${common[@]}" $TRAIN_FLAGS --compare-seeds 1

@@ -15,8 +15,10 @@ function another project can copy.
   grpo_loss         clipped-ratio surrogate with a k3 KL to a frozen reference, pooled per token
                     (one mean over every scored token) or per step (MaskFocus: a token mean per
                     scored step, then the mean over steps)
-  rl_step           one update round: rollouts, rewards, advantages, scored steps, mu clipped
-                    updates; hooks let focus.py choose the steps and tokens and weigh tokens
+  GRPOConfig        an update round's settings (group size, mu, estimator, clipping, KL weight, ...)
+  rl_step           one update round: rollouts, rewards, advantages, old and reference log-probs, mu
+                    clipped updates; focus.py chooses the steps and the tokens through two arguments,
+                    data parallelism plugs in through one (train.py hands it dist.py)
 
 What the policy gradient sees. With MaskGIT confidence rollouts (train.py's default, as MaskFocus),
 a step samples a token at every masked position and then keeps the most confident ones (a Gumbel
@@ -39,6 +41,8 @@ Simplified versus the paper (honest list):
     conditional branch learns (back-propagating through both would train the null prompt with
     coefficient -(w - 1), away from rewarded tokens); remask scores without CFG, as MaskGRPO.
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -171,15 +175,15 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
     return loss, stats
 
 
-def choose_steps(T, how, k, generator):
-    """Which sampling steps the loss scores: all T, or k at random (sorted).
+def choose_steps(T, score_steps, generator):
+    """Which sampling steps the loss scores: "all" T, or an int k: k of them at random (sorted).
     (focus.py passes its critical steps to rl_step as a callable instead.)"""
-    if how == "all":
+    if score_steps == "all":
         return list(range(T))
-    if how == "random":
+    if isinstance(score_steps, int) and 1 <= score_steps <= T:
         dev = generator.device if generator is not None else "cpu"  # a CUDA generator draws on the GPU
-        return sorted(torch.randperm(T, generator=generator, device=dev)[:k].tolist())
-    raise ValueError(f"steps must be 'all' or 'random' here, got {how!r}")
+        return sorted(torch.randperm(T, generator=generator, device=dev)[:score_steps].tolist())
+    raise ValueError(f"score_steps must be 'all', a number of steps in [1, {T}] or a callable, got {score_steps!r}")
 
 
 def policy_logp(model, traj, steps, estimator, masks):
@@ -191,82 +195,99 @@ def policy_logp(model, traj, steps, estimator, masks):
     raise ValueError(f"estimator must be 'replay', 'remask' or 'maskgrpo', got {estimator!r}")
 
 
-def rl_step(model, ref_model, opt, prompt_ids, score, group_size, sample_kwargs, steps="all", k=4,
-            estimator="remask", mu=1, mask_floor=0.6, clip_eps=0.2, beta=0.01, max_grad_norm=1.0, generator=None,
-            pick_tokens=None, weigh_tokens=None, pool="token", micro_batch=0,
-            sync=lambda params, finite: finite, total=lambda n: n):
-    """One GRPO update round: G rollouts per prompt, rewards, advantages, mu clipped updates.
+@dataclass
+class GRPOConfig:
+    """The settings of one update round (TRL's GRPOConfig names where it has them)."""
+    group_size: int = 8  # G: samples per prompt, whose rewards the advantages compare
+    mu: int = 1  # inner updates on one batch of rollouts (TRL: num_iterations; MaskGRPO: 6 for images)
+    estimator: str = "remask"  # replay | remask | maskgrpo (policy_logp; maskgrpo: ratio_masks, no steps chosen)
+    mask_floor: float = 0.6  # maskgrpo: m in r_j = min(m + (1 - m)(j + 1)/mu, 0.999)
+    clip_eps: float = 0.2  # TRL: epsilon
+    beta: float = 0.01  # the k3 KL's weight
+    pool: str = "token"  # grpo_loss's pooling: token | step (MaskFocus)
+    max_grad_norm: float = 1.0
+    micro_batch: int = 0  # rollouts per forward and backward, the gradient accumulated (0: all at once; same update)
 
-    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample()
-    (steps, cfg_scale, temperature, mode, token_temperature). `steps` is 'all', 'random' (k of
-    them) or a callable traj -> a list of steps or a (B, S) tensor of steps per sample (focus.py);
-    estimator="maskgrpo" chooses no steps (its mu masks, ratios from mask_floor, take their place).
-    Optional hooks (focus.py): pick_tokens(traj) -> (B, N) bool restricts the loss to those positions;
-    weigh_tokens(logp, ref, mask, traj) -> weights (B, S, N) for grpo_loss, given every scored position
-    (`mask` before pick_tokens, as GCPO weighs before its loss mask). pool: grpo_loss's pooling.
-    micro_batch: rollouts per forward and backward, the gradient accumulated (0: all at once; the same update).
-    sync(params, finite) -> finite: between backward and step; total: pool_weights' (data parallel: dist.py).
-    Returns a dict of numbers to log."""
-    ids = prompt_ids.repeat_interleave(group_size, 0)  # (P*G, L): a prompt's samples are contiguous
+
+class OneProcess:
+    """rl_step's `parallel` hook when there is one process. Under torchrun dist.py is the hook, with the same two
+    functions: total(count) sums it over the ranks; sync_grads(params, finite) averages the gradients over them
+    and says whether every rank's loss was finite."""
+    total = staticmethod(lambda x: x)
+    sync_grads = staticmethod(lambda params, finite=True: finite)
+
+
+def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOConfig(), score_steps="all",
+            tokens=None, generator=None, parallel=OneProcess):
+    """One GRPO update round: rollouts, rewards, advantages, old and reference log-probs, conf.mu clipped updates.
+
+    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample() (steps, cfg_scale,
+    temperature, mode, token_temperature). score_steps: "all", a number k (k random steps), or a callable
+    traj -> a list of steps or a (B, S) tensor of steps per sample (focus.focus_steps); estimator "maskgrpo"
+    chooses none (its mu masks take their place). tokens: None, or focus.gcpo_hooks' (pick_tokens, weigh_tokens):
+    pick_tokens(traj) -> (B, N) bool restricts the loss to those positions; weigh_tokens(logp, ref, mask, traj)
+    -> weights (B, S, N) for grpo_loss, given every scored position (before pick_tokens, as GCPO weighs before
+    its loss mask). parallel: data parallelism's hook (OneProcess; dist.py under torchrun), so every rank pools
+    the global batch and the ranks' gradients are averaged before each step.
+    Returns a dict of numbers to log (train.rl_update adds the compute they cost)."""
+    ids = prompt_ids.repeat_interleave(conf.group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
-    tokens, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
-    r = score(tokens).to(tokens.device)  # (B,)
-    adv, flat = group_advantages(r, group_size)
-    B, N = tokens.shape
-    if estimator == "maskgrpo":
-        chosen, masks = None, ratio_masks(B, N, mu, generator, tokens.device, mask_floor)  # (B, mu, N)
+    final, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
+    r = score(final).to(final.device)  # (B,)
+    adv, flat = group_advantages(r, conf.group_size)
+    B, N = final.shape
+    if conf.estimator == "maskgrpo":
+        chosen, masks = None, ratio_masks(B, N, conf.mu, generator, final.device, conf.mask_floor)  # (B, mu, N)
     else:
-        chosen = steps(traj) if callable(steps) else choose_steps(traj.states.shape[0], steps, k, generator)
-        chosen = step_index(chosen, B, tokens.device)  # (B, S): shared or per-sample steps alike
-        masks = remask_masks(traj, chosen, model.mask_id, generator) if estimator == "remask" else None
+        T = traj.states.shape[0]
+        chosen = score_steps(traj) if callable(score_steps) else choose_steps(T, score_steps, generator)
+        chosen = step_index(chosen, B, final.device)  # (B, S): shared or per-sample steps alike
+        masks = remask_masks(traj, chosen, model.mask_id, generator) if conf.estimator == "remask" else None
     with torch.no_grad():  # the rollout policy and the frozen reference, on the same masks
-        if estimator == "replay":  # the sampler already recorded the rollout policy's log-probs
+        if conf.estimator == "replay":  # the sampler already recorded the rollout policy's log-probs
             old, mask = at_steps(traj.logp, chosen), at_steps(traj.committed, chosen)
         else:
-            old, mask = policy_logp(model, traj, chosen, estimator, masks)
-        ref, _ = policy_logp(ref_model, traj, chosen, estimator, masks)
+            old, mask = policy_logp(model, traj, chosen, conf.estimator, masks)
+        ref, _ = policy_logp(ref_model, traj, chosen, conf.estimator, masks)
+    pick_tokens, weigh_tokens = tokens or (None, None)
     weights = weigh_tokens(old, ref, mask, traj) if weigh_tokens is not None else None  # over every scored token
     mask = mask if pick_tokens is None else mask & pick_tokens(traj)[:, None]  # (B, S, N): the chosen positions
     model.train()  # below: stats NaN if every inner update is skipped
-    stats, skipped, micro = dict.fromkeys(("kl", "clip_ratio", "ratio"), float("nan")), 0, micro_batch or B
-    ranks = total(torch.ones((), device=mask.device))  # sync averages the ranks' gradients: each loss counts x ranks
-    for j in range(mu):
-        part = slice(j, j + 1) if estimator == "maskgrpo" else slice(None)  # MaskGRPO: iteration j, mask j
-        share = pool_weights(mask[:, part], pool, total) * ranks  # the whole (global) batch's pooling, split by rows
+    stats, skipped, micro = dict.fromkeys(("kl", "clip_ratio", "ratio"), float("nan")), 0, conf.micro_batch or B
+    ranks = parallel.total(torch.ones((), device=mask.device))  # gradients are averaged: a loss counts x ranks
+    for j in range(conf.mu):
+        part = slice(j, j + 1) if conf.estimator == "maskgrpo" else slice(None)  # MaskGRPO: iteration j, mask j
+        share = pool_weights(mask[:, part], conf.pool, parallel.total) * ranks  # the global batch's pooling
         opt.zero_grad(set_to_none=True)
         acc, finite = {}, True
         for rows in (slice(i, i + micro) for i in range(0, B, micro)):  # gradient accumulation over micro-batches
             m, w = (None if x is None else x[rows, part] for x in (masks, weights))
-            logp, _ = policy_logp(model, traj.rows(rows), chosen if chosen is None else chosen[rows], estimator, m)
-            loss, st = grpo_loss(logp, old[rows, part], ref[rows, part], adv[rows], mask[rows, part], w, clip_eps,
-                                 beta, pool, share[rows])
+            logp, _ = policy_logp(model, traj.rows(rows), None if chosen is None else chosen[rows], conf.estimator,
+                                  m)
+            loss, st = grpo_loss(logp, old[rows, part], ref[rows, part], adv[rows], mask[rows, part], w,
+                                 conf.clip_eps, conf.beta, conf.pool, share[rows])
             if not torch.isfinite(loss):
                 finite = False  # a non-finite loss never reaches the weights
                 break
             loss.backward()
-            for k, v in st.items():  # per-token means of the micro-batch -> of the batch
-                acc[k] = acc.get(k, 0.0) + v * (mask[rows, part].sum() / mask[:, part].sum().clamp(min=1)).item()
-        finite = sync(model.parameters(), finite)
+            rows_part = (mask[rows, part].sum() / mask[:, part].sum().clamp(min=1)).item()
+            for name, v in st.items():  # per-token means of the micro-batch -> of the batch
+                acc[name] = acc.get(name, 0.0) + v * rows_part
+        finite = parallel.sync_grads(model.parameters(), finite)
         if not finite:
             skipped += 1
             continue
         stats = acc
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), conf.max_grad_norm)
         opt.step()
     model.eval()
-    # compute in batch forward-equivalents (a backward counts 2): the rollout (x2 with CFG), then per scored step
-    # the old policy (not replay: it recorded it), the reference and mu x (forward + backward)
-    S, T, c = mask.shape[1], traj.states.shape[0], 2 if traj.cfg_scale else 1
-    per = c if estimator == "replay" else 1  # replay scores the sampler's guided policy; remask has no CFG
-    score_fwd = 5 * mu if estimator == "maskgrpo" else S * per * ((estimator == "remask") + 1 + 3 * mu)
-    compute = dict(rollout_fwd=T * c, score_fwd=score_fwd)
     entropy = (traj.entropy * traj.committed).sum() / traj.committed.sum()  # the rollout policy, per committed token
     # named as TRL's GRPOTrainer logs them where it has a name: reward, reward_std (the mean within-group std),
     # frac_reward_zero_std, kl, clip_ratio, entropy
-    return dict(reward=r.mean().item(), reward_std=r.view(-1, group_size).std(1).mean().item(), frac_reward_zero_std=flat,
-                accuracy=(r >= 1).float().mean().item(), entropy=entropy.item(),
-                skipped=skipped, scored_steps=S, scored_tokens=mask.float().sum().item() / mask.shape[0],
-                **compute, **stats)
+    return dict(reward=r.mean().item(), reward_std=r.view(-1, conf.group_size).std(1).mean().item(),
+                frac_reward_zero_std=flat, accuracy=(r >= 1).float().mean().item(), entropy=entropy.item(),
+                skipped=skipped, scored_steps=mask.shape[1], scored_tokens=mask.float().sum().item() / mask.shape[0],
+                **stats)
 
 
 if __name__ == "__main__":
@@ -295,7 +316,7 @@ if __name__ == "__main__":
     for u in range(args.updates):
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
         score = lambda tok: rewards.reward(vq.decode(tok).cpu(), prompts)
-        s = rl_step(model, ref, opt, encode_prompts(prompts[::args.group]).to(dev), score, args.group, kw,
-                    estimator=args.estimator, generator=g)
+        s = rl_step(model, ref, opt, encode_prompts(prompts[::args.group]).to(dev), score, kw,
+                    GRPOConfig(group_size=args.group, estimator=args.estimator), generator=g)
         print(f"update {u}: reward {s['reward']:.3f} acc {s['accuracy']:.2f} kl {s['kl']:.4f} "
               f"clip {s['clip_ratio']:.2f} zero-std {s['frac_reward_zero_std']:.2f}")

@@ -119,21 +119,21 @@ class Block(nn.Module):
 class MaskedTransformer(nn.Module):
     """forward(tokens (B, N) in [0, K], prompt_ids (B, L)) -> logits (B, N, K) [, features (B, N, D)]."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.cfg, D = cfg, cfg.d_model
-        if D % cfg.n_heads:
-            raise ValueError(f"d_model {D} is not divisible by n_heads {cfg.n_heads}")
-        self.tok_emb = nn.Embedding(cfg.codebook_size + 1, D)  # +1: the mask token
-        self.pos_emb = nn.Parameter(torch.randn(1, cfg.n_tokens, D) * 0.02)
-        self.word_emb = nn.Embedding(cfg.vocab_size, D)
-        self.word_pos = nn.Parameter(torch.randn(1, cfg.prompt_len, D) * 0.02)
-        self.blocks = nn.ModuleList(Block(D, cfg.n_heads, cfg.mlp_ratio) for _ in range(cfg.n_layers))
-        cos, sin = rope_2d(cfg.n_tokens, D // cfg.n_heads, cfg.prompt_len)
+        self.config, D = config, config.d_model
+        if D % config.n_heads:
+            raise ValueError(f"d_model {D} is not divisible by n_heads {config.n_heads}")
+        self.tok_emb = nn.Embedding(config.codebook_size + 1, D)  # +1: the mask token
+        self.pos_emb = nn.Parameter(torch.randn(1, config.n_tokens, D) * 0.02)
+        self.word_emb = nn.Embedding(config.vocab_size, D)
+        self.word_pos = nn.Parameter(torch.randn(1, config.prompt_len, D) * 0.02)
+        self.blocks = nn.ModuleList(Block(D, config.n_heads, config.mlp_ratio) for _ in range(config.n_layers))
+        cos, sin = rope_2d(config.n_tokens, D // config.n_heads, config.prompt_len)
         self.register_buffer("rope_cos", cos, persistent=False)  # (L + N, D/heads/2), rebuilt, never saved
         self.register_buffer("rope_sin", sin, persistent=False)
         self.ln_f = nn.LayerNorm(D)
-        self.head = nn.Linear(D, cfg.codebook_size)  # never predicts the mask id
+        self.head = nn.Linear(D, config.codebook_size)  # never predicts the mask id
         self.apply(self._init)
 
     @staticmethod
@@ -145,7 +145,7 @@ class MaskedTransformer(nn.Module):
 
     @property
     def mask_id(self):
-        return self.cfg.codebook_size
+        return self.config.codebook_size
 
     def embed_tokens(self, tokens):
         """(B, N) ids -> (B, N, D) token + position embeddings (the shortcut model reuses these)."""
@@ -154,13 +154,13 @@ class MaskedTransformer(nn.Module):
     def features(self, tokens, prompt_ids):
         """(B, N) ids, (B, L) prompt -> the final features (B, N, D) that the head reads."""
         B, N = tokens.shape
-        if N != self.cfg.n_tokens:
-            raise ValueError(f"expected {self.cfg.n_tokens} image tokens, got {N}")
-        check_prompt_ids(prompt_ids, B, self.cfg.prompt_len)
+        if N != self.config.n_tokens:
+            raise ValueError(f"expected {self.config.n_tokens} image tokens, got {N}")
+        check_prompt_ids(prompt_ids, B, self.config.prompt_len)
         x = torch.cat([self.word_emb(prompt_ids) + self.word_pos, self.embed_tokens(tokens)], 1)  # (B, L + N, D)
         for blk in self.blocks:
             x = blk(x, self.rope_cos, self.rope_sin)
-        return self.ln_f(x[:, self.cfg.prompt_len:])  # (B, N, D)
+        return self.ln_f(x[:, self.config.prompt_len:])  # (B, N, D)
 
     def forward(self, tokens, prompt_ids, return_features=False):
         feats = self.features(tokens, prompt_ids)  # (B, N, D)

@@ -1,7 +1,7 @@
 """
 What a generator knows about a prompt's *structure* before it commits anything: binding and relations,
 read off the guided policy on an empty board. RL can sharpen what these show; the
-README ("Where RL stops") measured that it does not create it.
+docs/board-world.md, section 2 measured that it does not create it.
 
 An object spans several tokens, and most codes are *parts* of one colour and shape (the top-left arc of
 a red circle, the left slope of a blue triangle; a plain fill is mostly squares'); the background belongs
@@ -71,7 +71,7 @@ def binding(model, cfg, labels, n=400):
     pairs = [world.parse_prompt(p)[1] for p in world.sample_prompts(n, torch.Generator().manual_seed(2), ["two"])]
     pairs = [(a, b) for a, b in pairs if a[0] != b[0] and a[1] != b[1]]  # two colours and two shapes
     dev = next(model.parameters()).device
-    empty = torch.full((len(pairs), model.cfg.n_tokens), model.mask_id, device=dev)
+    empty = torch.full((len(pairs), model.config.n_tokens), model.mask_id, device=dev)
     mass = policy_probs(model, empty, [world.make_prompt("two", ab) for ab in pairs], cfg).sum(1)  # (P, K)
     K = mass.shape[1]
     named = torch.tensor([[labels[k] in (a, b) for k in range(K)] for a, b in pairs])  # (P, K)
@@ -107,7 +107,7 @@ def order_right(pa, pb, rels, side):
 
 def relations(model, cfg, labels):
     """{order, placement, prompts}: the two relation measures (module docstring)."""
-    N = model.cfg.n_tokens
+    N = model.config.n_tokens
     side = math.isqrt(N)
     objs = list(dict.fromkeys(lab for lab in labels if lab is not None))
     parts = torch.tensor([[lab == o for lab in labels] for o in objs], dtype=torch.float32)  # (O, K)

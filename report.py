@@ -13,6 +13,7 @@ What train.py leaves in out/: report.md (tables), metrics.jsonl and the pictures
 import json
 import math
 import os
+import shutil
 import sys
 import textwrap
 
@@ -25,27 +26,22 @@ import world
 COLORS = [(40, 80, 220), (220, 60, 40), (40, 160, 60), (200, 140, 0), (140, 60, 180), (0, 150, 160)]
 
 
-ASSET_PROMPTS = ["a red circle", "a blue square and a green triangle", "three yellow circles",
-                 "a green square left of a red triangle", "a blue triangle", "two red squares",
-                 "a yellow triangle above a blue circle", "a green circle and a red square"]
-
-
 @dist.main_only
 def save_grid(images, captions, path, cell=128, cols=8):
     """A PNG grid: each image upscaled (nearest) to `cell` pixels with its caption beneath."""
     from PIL import Image, ImageDraw, ImageFont
     font = ImageFont.load_default()
     rows = math.ceil(len(images) / cols)
-    line_h, n_lines = 11, 4
+    wrapped = [textwrap.wrap(cap, width=cell // 6) for cap in captions]  # about 6 px per character
+    line_h, n_lines = 11, max([4] + [len(lines) for lines in wrapped])  # room for the longest caption
     out = Image.new("RGB", (cols * cell, rows * (cell + line_h * n_lines)), (255, 255, 255))
     draw = ImageDraw.Draw(out)
     arr = (images.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    for i, (im, cap) in enumerate(zip(arr, captions)):
+    for i, (im, cap, lines) in enumerate(zip(arr, captions, wrapped)):
         x, y = (i % cols) * cell, (i // cols) * (cell + line_h * n_lines)
         out.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (x, y))
-        lines = textwrap.wrap(cap, width=cell // 6)  # about 6 px per character
         color = (0, 140, 0) if "[ok]" in cap else (200, 0, 0) if "[x]" in cap else (0, 0, 0)
-        for j, line in enumerate(lines[:n_lines]):
+        for j, line in enumerate(lines):
             draw.text((x + 2, y + cell + j * line_h), line, fill=color, font=font)
     out.save(path)
 
@@ -72,7 +68,8 @@ def draw_curves(series, path, title, w=560, h=280, pad=34, smooth=None):
         n = (smooth or {}).get(name, 1)
         if n > 1:
             d.line([xy(*p) for p in s], fill=(190, 190, 190), width=1)
-            ys = [sum(q[1] for q in s[max(0, i - n + 1):i + 1]) / len(s[max(0, i - n + 1):i + 1]) for i in range(len(s))]
+            windows = [s[max(0, i - n + 1):i + 1] for i in range(len(s))]
+            ys = [sum(q[1] for q in w) / len(w) for w in windows]
             s = [(p[0], y) for p, y in zip(s, ys)]
         if len(s) > 1:
             d.line([xy(*p) for p in s], fill=color, width=2)
@@ -198,10 +195,10 @@ def speed_table_lines(table):
     head = (f"| sampler | steps | base calls | ms / image | speed-up | {'ops | ' * ops}accuracy | "
             + "".join(f"{c} | " for c in cats))
     lines = [head + "quality FD |", "| --- " * (7 + ops + len(cats)) + "|"]
-    return lines + [f"| {r['kind']} | {r['steps']} | {r['budget']}{' at ' + ','.join(map(str, r['calls'])) if 'calls' in r else ''} "
-                    f"| {r['ms_per_image']:.2f} | {r['speedup']:.2f}x " + (f"| {r['ops']} " if ops else "") +
-                    f"| {r['accuracy']:.1%} | " + "".join(f"{r[c]:.1%} | " for c in cats) + f"{r['quality']:.3f} |"
-                    for r in table]
+    at = lambda r: " at " + ",".join(map(str, r["calls"])) if "calls" in r else ""  # calls not evenly spaced
+    return lines + [f"| {r['kind']} | {r['steps']} | {r['budget']}{at(r)} | {r['ms_per_image']:.2f} | "
+                    f"{r['speedup']:.2f}x " + (f"| {r['ops']} " if ops else "") + f"| {r['accuracy']:.1%} | "
+                    + "".join(f"{r[c]:.1%} | " for c in cats) + f"{r['quality']:.3f} |" for r in table]
 
 
 def pretrain_flops(cfg, pre, dev):
@@ -234,14 +231,15 @@ def write_report(cfg, dev, vq_mse, res):
         f"| {pre['params'] / 1e6:.2f}M | {cfg.pretrain_steps} x {cfg.batch_size} | {pre['first_loss']:.2f} -> "
         f"{pre['last_loss']:.2f} | {pre['seconds']:.0f} | {pretrain_flops(cfg, pre, dev)} |", "",
         f"Evaluation: {cfg.eval_prompts} prompts x {cfg.eval_samples} samples, T={cfg.sample_steps}, "
-        f"CFG {cfg.cfg_scale}, temperature {cfg.temperature}, confidence sampling; accuracy = reward 1.0.", "",
+        f"CFG {cfg.cfg_scale}, temperature {cfg.temperature}, {cfg.order} order; accuracy = reward 1.0.", "",
         "| model | overall | " + " | ".join(world.CATEGORIES) + " | mean reward | quality FD (lower is better) |",
         "| --- | --- | " + " | ".join("---" for _ in world.CATEGORIES) + " | --- | --- |",
         acc_row("pretrained", res["eval_pretrain"]),
     ]
     if "eval_rl" in res:
         rl = res["rl"]
-        steps = "none (MaskGRPO's mask ratios)" if cfg.rl_estimator == "maskgrpo" else f"`{cfg.rl_steps}` (k={cfg.rl_k})"
+        maskgrpo = cfg.rl_estimator == "maskgrpo"
+        steps = "none (MaskGRPO's mask ratios)" if maskgrpo else f"`{cfg.rl_steps}` (k={cfg.rl_k})"
         lines += [acc_row("after RL", res["eval_rl"]), "", "## RL (GRPO)", "",
                   f"{cfg.rl_updates} updates x {cfg.rl_prompts} prompts x G={cfg.group_size}, estimator "
                   f"`{cfg.rl_estimator}`, rollouts `{cfg.rl_mode}`, steps {steps}, tokens "
@@ -268,8 +266,10 @@ def write_report(cfg, dev, vq_mse, res):
                   "steps. Failure columns: share of all samples, first reason that applies; the last, any "
                   "mismatched part.", "",
                   "| model | order | T | tokens / step | accuracy | " + " | ".join(world.CATEGORIES)
-                  + " | quality FD | " + " | ".join(fails) + " |", "| --- " * (6 + len(world.CATEGORIES) + len(fails)) + "|"]
-        lines += [f"| {r['model']} | {r.get('order', 'confidence')} | {r['steps']} | {r['tokens_per_step']:.1f} | {r['accuracy']['overall']:.1%} | "
+                  + " | quality FD | " + " | ".join(fails) + " |",
+                  "| --- " * (6 + len(world.CATEGORIES) + len(fails)) + "|"]
+        lines += [f"| {r['model']} | {r.get('order', 'confidence')} | {r['steps']} | {r['tokens_per_step']:.1f} | "
+                  f"{r['accuracy']['overall']:.1%} | "
                   + " | ".join(f"{r['accuracy'][c]:.1%}" for c in world.CATEGORIES) + f" | {r['quality']:.3f} | "
                   + " | ".join(f"{r['failures'][m]:.1%}" for m in fails) + " |" for r in rows]
     if "compare" in res:
@@ -308,10 +308,18 @@ def write_report(cfg, dev, vq_mse, res):
 
 
 @torch.no_grad()
-def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
-    """The README's pictures from a finished run `out`: unmasking.gif (four prompts decoded side by side by
-    the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below) and
-    shortcut.png (vanilla T steps above, the shortcut at half the base calls below, if the run trained one)."""
+def asset_prompts(eval_prompts, samples):
+    """The pictures' prompts, by a fixed rule: the first two of each category in the evaluation set (its prompts
+    come category by category, each `samples` times), one of each category first."""
+    per_category = len(eval_prompts) // len(world.CATEGORIES)
+    return [eval_prompts[c * per_category + j * samples] for j in range(2) for c in range(len(world.CATEGORIES))]
+
+
+def write_assets(out, folder, dev, seed=0):
+    """The README's pictures from a finished run `out`, on asset_prompts: unmasking.gif (four prompts decoded side
+    by side by the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below),
+    shortcut.png (vanilla sc_steps steps above, the shortcut at the table's largest budget below, if the run
+    trained one) and a copy of the run's rl_reward.png."""
     import runs
     from config import sweep_list
     from model import encode_prompts
@@ -320,8 +328,12 @@ def write_assets(out, folder, dev, prompts=ASSET_PROMPTS, seed=0):
     import rewards
     os.makedirs(folder, exist_ok=True)
     model, vq, cfg = runs.load_generator(out, dev)
+    prompts = asset_prompts(runs.load_checkpoint(os.path.join(out, "data.pt"))["eval_prompts"], cfg.eval_samples)
     ids = encode_prompts(prompts).to(dev)
-    kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
+    kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
+              mode=cfg.order)
+    if os.path.exists(curve := os.path.join(out, "rl_reward.png")):
+        shutil.copyfile(curve, os.path.join(folder, "rl_reward.png"))
     gen = lambda: torch.Generator(dev).manual_seed(seed)
     _, traj = sample(model, ids[:4], cfg.sample_steps, generator=gen(), record=True, **kw)
     frames = [torch.cat([f for pair in zip(fs, [torch.ones_like(fs[0][:, :, :2])] * 4) for f in pair][:-1], 2)

@@ -378,6 +378,6 @@ if __name__ == "__main__":
         ok, rej = (reward(x, prompts) >= 1).float().mean(), (reward(x, wrong) < 1).float().mean()
         print(f"{name:>15}: true prompt satisfied {ok:.2%}, minimally wrong prompt rejected {rej:.2%}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    save_grid(torch.cat([images[:8], images[:8]]), verdict_captions(prompts[:8] + wrong[:8], torch.cat([r[:8], rw[:8]])),
-              args.out)
+    captions = verdict_captions(prompts[:8] + wrong[:8], torch.cat([r[:8], rw[:8]]))
+    save_grid(torch.cat([images[:8], images[:8]]), captions, args.out)
     print(f"wrote {args.out} (top row: true prompts, bottom row: minimally wrong prompts)")

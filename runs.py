@@ -31,7 +31,8 @@ STAGE_FIELDS = {
     "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps",
            "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "rl_pool", "clip_eps", "beta"],
     "eval_rl": [],
-    "shortcut": ["sc_steps", "sc_budgets", "sc_eval", "sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width", "sc_unroll", "sc_uncond",
+    "shortcut": ["sc_steps", "sc_budgets", "sc_eval", "sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width",
+                 "sc_unroll", "sc_uncond",
                  "sc_bench_batch"],
 }
 

@@ -4,7 +4,7 @@ MaskGIT parallel decoding, with the whole trajectory recorded for RL.
 Start from all-[MASK]; at step t = 0..T-1 the model predicts every position, a token is
 sampled at every masked position, and some of them are committed (kept for good):
 
-  confidence  MaskGIT (arXiv 2202.04200): after step t exactly mask_schedule(t, T, N) =
+  confidence  MaskGIT (arXiv 2202.04200): after step t exactly mask_counts(T, N)[t] =
               floor(N * cos(pi/2 * (t+1)/T)) tokens stay masked (each step commits at least
               one, the last commits all); the ones kept are the most confident, confidence =
               log p(sampled) + choice_temperature * (1 - (t+1)/T) * Gumbel noise.
@@ -56,13 +56,8 @@ def mask_counts(T, N):
     return out
 
 
-def mask_schedule(t, T, N):
-    """Tokens still masked after step t (0-based) of T."""
-    return mask_counts(T, N)[t]
-
-
 def commit_counts(T, N):
-    """Tokens the confidence sampler commits at each step t = 0..T-1 (they sum to N). Known in advance, so
+    """Tokens the confidence and Halton orders commit at each step t = 0..T-1 (they sum to N). Known in advance, so
     sample_step never has to ask the device how many tokens are still masked (a host sync per step)."""
     left = [N] + mask_counts(T, N)
     return [a - b for a, b in zip(left, left[1:])]
@@ -243,7 +238,7 @@ def sample(model, prompt_ids, steps, cfg_scale=0.0, temperature=1.0, choice_temp
            mode="confidence", generator=None, record=False, token_temperature=None, record_features=False):
     """Generate (B, N) tokens for prompt_ids (B, L). record=True -> (tokens, Trajectory)."""
     check_sampling(prompt_ids, temperature)
-    B, N = prompt_ids.shape[0], model.cfg.n_tokens
+    B, N = prompt_ids.shape[0], model.config.n_tokens
     dev = prompt_ids.device
     commits = commit_counts(steps, N)
     order = commit_order(mode, B, N, generator, dev)  # (B, N) for "halton", else None
@@ -286,7 +281,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Sample from a run made by train.py: a PNG and a GIF, or images/s.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     ap.add_argument("--prompt", default="a red circle left of a blue square")
-    for name, kind, what in [("steps", int, "sampling steps T"), ("cfg", float, "CFG scale"),
+    for name, kind, what in [("steps", int, "sampling steps T"), ("cfg-scale", float, "CFG scale"),
                              ("temperature", float, "")]:
         ap.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the run's)")
     ap.add_argument("--mode", default="confidence", choices=["confidence", "halton", "stochastic"])
@@ -297,7 +292,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
-    for opt, field, v in (("--temperature", "temperature", args.temperature), ("--cfg", "cfg_scale", args.cfg)):
+    given = (("--temperature", "temperature", args.temperature), ("--cfg-scale", "cfg_scale", args.cfg_scale))
+    for opt, field, v in given:
         if v is not None and (problem := config.out_of_range(field, v)):  # train.py's rule for the field
             ap.error(f"{opt} {problem}")
     if problem := world.prompt_error(args.prompt):
@@ -305,10 +301,10 @@ if __name__ == "__main__":
     model, vq, cfg = runs.load_generator(args.ckpt, dev := runs.pick_device(args.device))
     model.compile_sampling = args.compile
     T = cfg.sample_steps if args.steps is None else args.steps
-    w = cfg.cfg_scale if args.cfg is None else args.cfg
+    w = cfg.cfg_scale if args.cfg_scale is None else args.cfg_scale
     temperature = cfg.temperature if args.temperature is None else args.temperature
-    if not 1 <= T <= model.cfg.n_tokens or min(args.n, args.batch) < 1:
-        ap.error(f"--steps must be between 1 and the {model.cfg.n_tokens} image tokens, got {args.steps}; "
+    if not 1 <= T <= model.config.n_tokens or min(args.n, args.batch) < 1:
+        ap.error(f"--steps must be between 1 and the {model.config.n_tokens} image tokens, got {args.steps}; "
                  f"--n and --batch at least 1, got {args.n} and {args.batch}")
     kw = dict(temperature=temperature, choice_temperature=cfg.choice_temperature, mode=args.mode,
               generator=torch.Generator(dev).manual_seed(args.seed))

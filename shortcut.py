@@ -10,9 +10,9 @@ sampling step to the next, so most steps can skip the base model.
                         prev + delta (as the paper's code)
   collect               trajectories of the frozen base model, features of both CFG branches
   train_shortcut        MSE on the still-masked positions, validation split, tqdm; unroll > 1 chains
-                        several shortcut steps per example (not in the paper; README: it lowers the
-                        MSE, not the error rate)
-  budget_steps          which steps call the base model: 0 and round(N k / B), k = 1..B-1
+                        several shortcut steps per example (not in the paper; docs/board-world.md,
+                        section 4: it lowers the MSE, not the error rate)
+  budget_steps          which steps call the base model: 0 and round(steps k / budget), k = 1 .. budget-1
   call_steps            a budget (a number, or a list of steps) -> the steps, checked
   sample_with_shortcut  base calls on those steps, shortcut (or the feature cache) in between;
                         the base head turns features into logits; sample.sample_step does the rest,
@@ -23,7 +23,7 @@ The net is the paper's code's, trained at its lr 1e-4, with three differences: t
 starts at zero (delta = 0: the shortcut begins as the feature cache); the new tokens are keys through an
 attention mask over all positions (the same as gathering them), and a step that commits nothing leaves
 the cross-attention out; no dropout (the paper's 0.1). (A variant with adaLN on all four LayerNorms
-fitted the features better but sampled no better: docs/FINDINGS.md section 7.)
+fitted the features better but sampled no better: docs/board-world.md, section 7.)
 
 train.py samples, trains and tables it at the paper's MaskGIT setting: 32 steps, budgets of 8, 10 and 12 base
 calls (12 of 32 is the paper's), and one row at the evaluation's 12 steps, where each step moves the features
@@ -32,7 +32,7 @@ Simplified versus the paper: one block, trained at one step count; the CFG branc
 share one shortcut, trained on both; no KV-cache tricks in the base model. Changed: train.py samples with
 uncond="cache" (only the conditional branch takes the shortcut; the null-prompt branch keeps its last base
 features), up to 3 points more accurate here, mostly on counting prompts; --sc-uncond shortcut is the
-paper's way. Tried and removed (docs/FINDINGS.md sections 4, 5): exact null-prompt features from an extra
+paper's way. Tried and removed (docs/board-world.md, sections 4, 5): exact null-prompt features from an extra
 base call, and base calls placed where the features move most instead of evenly.
 """
 
@@ -110,12 +110,12 @@ class Shortcut(nn.Module):
 
 # ---- Budgeted sampling (base model, shortcut, or cache between base calls)
 
-def budget_steps(N, B):
-    """The steps (of N) that call the base model with a budget of B calls: 0 and round(N k / B), k = 1..B-1
-    (Python's round: halves go to the even neighbour)."""
-    if not 1 <= B <= N:
-        raise ValueError(f"need 1 <= budget <= steps, got budget={B}, steps={N}")
-    return [0] + [round(N * k / B) for k in range(1, B)]
+def budget_steps(steps, budget):
+    """The steps (of `steps`) that call the base model with `budget` calls: 0 and round(steps * k / budget),
+    k = 1 .. budget - 1 (Python's round: halves go to the even neighbour)."""
+    if not 1 <= budget <= steps:
+        raise ValueError(f"need 1 <= budget <= steps, got budget={budget}, steps={steps}")
+    return [0] + [round(steps * k / budget) for k in range(1, budget)]
 
 
 def call_steps(steps, budget):
@@ -135,12 +135,13 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
     spaced, budget_steps; a list: those steps); the other steps take the shortcut's predicted
     features (cache=True: the last base features unchanged). budget == steps is exactly sample.sample.
     uncond="cache": with CFG, only the conditional branch takes the shortcut and the null-prompt branch keeps
-    its last base features (not the paper, which propagates both; README: it measured better).
+    its last base features (not the paper, which propagates both; docs/board-world.md, section 4: it measured
+    better).
     record=True -> (tokens, dict(feats (T, cB, N, D), states, committed (T, B, N)))."""
     if uncond not in ("shortcut", "cache"):
         raise ValueError(f"uncond must be 'shortcut' or 'cache', got {uncond!r}")
     check_sampling(prompt_ids, temperature)
-    B, N = prompt_ids.shape[0], model.cfg.n_tokens
+    B, N = prompt_ids.shape[0], model.config.n_tokens
     commits = commit_counts(steps, N)
     calls = set(call_steps(steps, budget))
     order = commit_order(mode, B, N, generator, prompt_ids.device)  # (B, N) for "halton", else None

@@ -1,19 +1,18 @@
 """
 The whole story, end to end, writing out/:
 
-  data -> codebook -> pretrain -> evaluate -> rl -> evaluate -> shortcut   [-> compare with --compare]
+  data -> codebook -> pretrain -> evaluate -> rl -> evaluate [-> sweep] -> shortcut
 
     python train.py                   # GPU preset if CUDA is there, else the CPU preset (it says which)
     python train.py --preset tiny     # the smoke run the tests use (seconds on a CPU)
-    python train.py --compare         # also focus.py's comparison: every RL variant x 3 seeds
     python train.py --sweep-steps 4,8,12,32   # also the parallelism table: both models at each step count
     python train.py --rl-lr 3e-5      # any Config field (config.py) is a flag; --fresh redoes stages
     torchrun --standalone --nproc_per_node=2 train.py   # data parallel over 2 processes (dist.py)
 
 Each stage saves an atomic checkpoint out/<stage>.pt holding the settings it depends on; a rerun
 skips stages whose checkpoint matches. Outputs: out/report.md (every table), out/metrics.jsonl,
-sample grids with verdicts before and after RL, out/trajectory.gif, out/rl_reward.png, and with
---compare out/compare.png and out/critical_steps.png.
+sample grids with verdicts before and after RL, out/trajectory.gif and out/rl_reward.png.
+focus.py's comparison of RL variants is compare.py: the same stages, then every variant x 3 seeds.
 """
 
 import copy
@@ -104,11 +103,13 @@ def stage_pretrain(cfg, vq, dev):
         model.load_state_dict(ck["state"])
         return model, ck
     dist.broadcast(model)  # torchrun: one init on every rank
-    n_params, B, W = sum(p.numel() for p in model.parameters()), cfg.batch_size // dist.world(), dist.world()
+    n_params = sum(p.numel() for p in model.parameters())
+    W = dist.world()
+    B = cfg.batch_size // W  # this process's share of the batch
     print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.pretrain_steps} steps of batch {cfg.batch_size} on {dev}"
           + (f" ({B} on each of {W} processes)" if W > 1 else ""))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    net = torch.compile(model) if cfg.compile else model  # the same weights; checkpoints save model's plain keys
+    step_model = torch.compile(model) if cfg.compile else model  # the same weights; checkpoints save plain keys
     g_data = torch.Generator().manual_seed(dist.seed(cfg.seed + 2))  # scenes (CPU), each rank its own
     g_mask = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 3))  # masks, prompt drop (device)
     start, losses, pending, t0 = 0, [], [], time.time()
@@ -121,9 +122,10 @@ def stage_pretrain(cfg, vq, dev):
         prompts = world.sample_prompts(B, g_data)
         tokens = vq.encode(world.render(prompts, cfg.image_size, g_data, grid=cfg.grid, device=dev))
         masks = maskgit_masks(B, cfg.n_tokens, g_mask, dev, cfg.prompt_drop)
-        loss = pretrain_step(cfg, net, opt, tokens, encode_prompts(prompts).to(dev), masks, step)
+        loss = pretrain_step(cfg, step_model, opt, tokens, encode_prompts(prompts).to(dev), masks, step)
         pending.append(dist.total(loss) / W)  # the global batch's mean, left on the device (read back below)
-        log, snap_due = step % 50 == 0 or step == cfg.pretrain_steps - 1, time.time() - t_snap >= cfg.snapshot_secs
+        log = step % 50 == 0 or step == cfg.pretrain_steps - 1
+        snap_due = time.time() - t_snap >= cfg.snapshot_secs
         if log or snap_due:  # one read-back per 50 steps: the CPU places the next scenes during the backward
             losses += torch.stack(pending).tolist()
             pending = []
@@ -147,7 +149,8 @@ def generate(cfg, model, vq, prompts, dev, seed):
     """Sample images for a list of prompts in batches, in cfg's commit order (CPU tensor (B, 3, H, W))."""
     model.eval()
     g = torch.Generator(dev).manual_seed(dist.seed(seed))
-    mine, out = prompts[dist.share(len(prompts))], []  # torchrun: this rank's share, gathered below
+    mine = prompts[dist.share(len(prompts))]  # torchrun: this rank's share, gathered below
+    out = []
     for i in tqdm(range(0, len(mine), cfg.eval_batch), desc="sample", leave=False):
         ids = encode_prompts(mine[i:i + cfg.eval_batch]).to(dev)
         tok = sample(model, ids, cfg.sample_steps, cfg.cfg_scale, cfg.temperature, cfg.choice_temperature,
@@ -172,7 +175,8 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
     """Accuracy overall and per category, the quality metric, and why samples fail, on the evaluation set."""
     if (ck := load_stage(cfg, name)) is not None:
         return ck
-    t0, prompts = time.time(), data["eval_prompts"]
+    t0 = time.time()
+    prompts = data["eval_prompts"]
     images, r, acc, fd, failures = evaluate(cfg, model, vq, data, dev)
     seconds = time.time() - t0
     print(f"[{name}] accuracy {acc['overall']:.1%} "
@@ -223,16 +227,30 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
         kw["token_temperature"] = focus.entropy_temperature
     if steps == "focus":  # MaskFocus: the k steps of largest information gain
         steps = focus.focus_steps(vq.codes, cfg.rl_k, cfg.rl_per_sample)
-    pick, weigh = focus.gcpo_hooks(cfg.group_size, vq.codes) if tokens == "critical" else (None, None)
-    s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, cfg.group_size, kw, steps=steps,
-                     k=cfg.rl_k, estimator=cfg.rl_estimator, mu=cfg.rl_mu, mask_floor=cfg.rl_mask_floor,
-                     clip_eps=cfg.clip_eps, beta=cfg.beta, pool=cfg.rl_pool, generator=g, pick_tokens=pick,
-                     weigh_tokens=weigh, micro_batch=cfg.rl_micro_batch, sync=dist.sync_grads,
-                     total=dist.total)
+    elif steps == "random":
+        steps = cfg.rl_k
+    conf = grpo.GRPOConfig(group_size=cfg.group_size, mu=cfg.rl_mu, estimator=cfg.rl_estimator,
+                           mask_floor=cfg.rl_mask_floor, clip_eps=cfg.clip_eps, beta=cfg.beta, pool=cfg.rl_pool,
+                           micro_batch=cfg.rl_micro_batch)
+    hooks = focus.gcpo_hooks(cfg.group_size, vq.codes) if tokens == "critical" else None
+    s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, kw, conf, score_steps=steps,
+                     tokens=hooks, generator=g, parallel=dist)
+    s.update(rl_compute(cfg, s["scored_steps"]))
     s = dist.mean_numbers(s)  # torchrun: the ranks' numbers as one
     if s["skipped"]:  # the weights were left alone; say so (the RL stage and the comparison alike)
         tqdm.write(f"[rl] {s['skipped']} of {cfg.rl_mu} inner updates skipped: the loss was not finite")
     return s
+
+
+def rl_compute(cfg, S):
+    """What an update cost, in batch forward-equivalents (a backward counts 2): the rollout (x2 with CFG), then per
+    scored step (S of them) the old policy (not replay: the sampler recorded it), the reference and mu x (forward +
+    backward); MaskGRPO's mu masks instead of steps."""
+    c = 2 if cfg.cfg_scale else 1
+    per = c if cfg.rl_estimator == "replay" else 1  # replay scores the sampler's guided policy; remask has no CFG
+    score_fwd = (5 * cfg.rl_mu if cfg.rl_estimator == "maskgrpo"
+                 else S * per * ((cfg.rl_estimator == "remask") + 1 + 3 * cfg.rl_mu))
+    return dict(rollout_fwd=cfg.sample_steps * c, score_fwd=score_fwd)
 
 
 def rl_setup(cfg, model, dev, seed):
@@ -322,7 +340,8 @@ def stage_shortcut(cfg, model, vq, data, dev):
     """MIGM-Shortcut: train on the final model's trajectories of sc_steps steps, then the latency / quality table."""
     if (ck := load_stage(cfg, "shortcut")) is not None:
         return ck
-    g, g_cpu = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 6)), torch.Generator().manual_seed(cfg.seed + 7)
+    g = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 6))  # sampling the trajectories
+    g_cpu = torch.Generator().manual_seed(cfg.seed + 7)  # the training prompts and batches
     S, T, D = cfg.sc_steps, cfg.sample_steps, cfg.d_model
     kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
     t0 = time.time()
@@ -368,10 +387,15 @@ def stage_shortcut(cfg, model, vq, data, dev):
 
 
 def main(argv=None):
-    cfg = parse_config(argv, __doc__)
+    return launch(parse_config(argv, __doc__))
+
+
+def launch(cfg, extra=None):
+    """run() on this process's device (under torchrun, inside the process group). extra: {name: stage(cfg, vq,
+    data, dev)} run after the others, each result under its name in res and the report (compare.py's hook)."""
     dev = dist.setup(pick_device(cfg.device))  # torchrun: join the process group, one device per rank
     try:
-        res = run(cfg, dev)
+        res = run(cfg, dev, extra or {})
     except BaseException:
         dist.cleanup(wait=False)  # a failing process does not wait for the others
         raise
@@ -379,12 +403,8 @@ def main(argv=None):
     return res
 
 
-def run(cfg, dev):
-    """The stages in order, on `dev` (main has joined torchrun's process group when there is one)."""
-    import compare  # focus.py's comparison harness (it imports this file's stages)
-
-    if cfg.compare:
-        compare.pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
+def run(cfg, dev, extra):
+    """The stages in order, on `dev` (launch has joined torchrun's process group when there is one)."""
     if (W := dist.world()) > 1 and (cfg.batch_size % W or cfg.rl_prompts % W or cfg.sc_prompts < 2 * W):
         raise SystemExit(f"with {W} processes, --batch-size and --rl-prompts must be multiples of {W} and "
                          f"--sc-prompts at least {2 * W}: each process takes an equal share")
@@ -413,8 +433,8 @@ def run(cfg, dev):
         res["sweep"] = lap("sweep", stage_sweep(cfg, models, vq, data, dev))
     if cfg.sc_iters > 0:
         res["shortcut"] = lap("shortcut", stage_shortcut(cfg, model, vq, data, dev))
-    if cfg.compare:
-        res["compare"] = lap("compare", compare.stage_compare(cfg, vq, data, dev))
+    for name, stage in extra.items():
+        res[name] = lap(name, stage(cfg, vq, data, dev))
     res["wall"] = dict(wall, total=time.time() - marks[0])
     report.write_report(cfg, dev, vq_mse, res)
     print("[wall] " + ", ".join(f"{k} {v:.0f}s" for k, v in res["wall"].items()) + f"; see {cfg.out}/report.md")

@@ -3,7 +3,7 @@ The toy shapes world: the prompt grammar and a renderer of scenes that satisfy a
 rewards.py (the verifier and the quality metric) and everything else stand on this file,
 so it has no project imports.
 
-The world (see DESIGN.md): black background, four colours, three shapes (circle,
+The world: black background, four colours, three shapes (circle,
 square, upright triangle), object size between 1/4 and 3/8 of the image side, objects
 never touch. Four GenEval-style prompt categories:
 
@@ -163,7 +163,8 @@ def perturb_prompt(prompt, generator):
             new_rel = _pick(RELATIONS, generator)
         if cat == "counting" and what != "other":
             new_objs = [new_objs[0]] * len(objs)
-        if (new_objs, new_rel) == (list(objs), rel) or (len(new_objs) == 2 and cat != "counting" and new_objs[0] == new_objs[1]):
+        twins = len(new_objs) == 2 and cat != "counting" and new_objs[0] == new_objs[1]
+        if (new_objs, new_rel) == (list(objs), rel) or twins:
             continue
         return make_prompt(cat, new_objs, new_rel)
 

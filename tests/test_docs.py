@@ -1,7 +1,9 @@
 """The docs are meant to be copied from: every flag a command in README.md or docs/FINDINGS.md names must be
 one its script accepts, and every `module.name` README.md names must exist (a renamed flag or function
 would otherwise leave the docs quietly wrong). FINDINGS.md is a lab notebook: it may name code it removed.
-The README reads in five minutes: short, a picture first, the set-up commands near the top."""
+The README reads in five minutes: short, a picture first, the set-up commands near the top, the reading guide
+next, then at most three results tables. Every pointer in the code (a docs section, a README section, a file)
+leads somewhere."""
 import functools
 import importlib
 import pathlib
@@ -12,7 +14,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docs/FINDINGS.md"]
+DOCS = ["README.md", "docs/FINDINGS.md", "docs/board-world.md"]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 MODULES = "world|rewards|model|sample|grpo|focus|probe|shortcut|train|config|runs|report|bench|compare"
 NAME = re.compile(rf"(?<![\w/.])({MODULES})\.([A-Za-z_]\w*)")
@@ -82,7 +84,8 @@ def test_every_function_the_readme_names_exists():
 
 
 def test_a_wrong_name_is_caught():
-    assert missing_names("`grpo.grpo_loss`, `sample.no_such_function` and `out/report.md`") == ["sample.no_such_function"]
+    said = "`grpo.grpo_loss`, `sample.no_such_function` and `out/report.md`"
+    assert missing_names(said) == ["sample.no_such_function"]
 
 
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
@@ -91,7 +94,12 @@ IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 def test_the_readme_is_short_opens_with_a_picture_and_sets_up_early():
     text = (ROOT / "README.md").read_text()
     lines = text.splitlines()
-    assert len(lines) <= 220, f"README.md has {len(lines)} lines"
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines"
+    guide = lines.index("## Reading it in an afternoon")
+    assert guide < 80 - 20, "the reading guide must start early enough to be read within the first 80 lines"
+    results = text.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    tables = re.findall(r"^\| --- ", results, re.M)  # one separator row per table
+    assert 1 <= len(tables) <= 3, f"the results hold {len(tables)} tables"
     pictures = IMAGE.findall(text)
     assert pictures and text.index(pictures[0]) < text.index("\n## "), "no picture before the first section"
     assert all((ROOT / p).is_file() for p in pictures), [p for p in pictures if not (ROOT / p).is_file()]
@@ -110,3 +118,37 @@ def test_no_word_of_how_the_work_is_run():
                          capture_output=True, text=True)
     assert out.returncode in (0, 1), out.stderr  # 1: nothing found
     assert out.stdout == "", out.stdout
+
+
+SOURCES = sorted(ROOT.glob("*.py")) + [ROOT / "gpu_check.sh", ROOT / ".ci" / "run"]
+SECTION = re.compile(r"(docs/[\w-]+\.md),? sections? (\d+(?:(?:, | and )\d+)*)")
+README_SECTION = re.compile(r'README(?::| \() ?"([^"]+)"')
+FILE = re.compile(r"(?<![\w./$-])((?:[\w-]+/)*[\w-]+\.(?:py|md|sh))\b")
+OUTPUT = re.compile(r"(?:^|/)report\.md$")  # a run writes it (out/report.md): not a file of the repository
+
+
+def broken_pointers(text):
+    """What a text points to that is not there: a docs/X.md section number without its '## N.' heading, a README
+    section (README: "Heading" or README ("Heading")) without its heading, a file (x.py, docs/x.md) missing."""
+    bad = []
+    for doc, numbers in SECTION.findall(text):
+        heads = (ROOT / doc).read_text() if (ROOT / doc).exists() else ""
+        bad += [f"{doc} section {n}" for n in re.split(r", | and ", numbers) if f"\n## {n}. " not in heads]
+    readme = (ROOT / "README.md").read_text()
+    bad += [f'README "{h}"' for h in README_SECTION.findall(text) if not re.search(rf"^##+ {re.escape(h)}$", readme,
+                                                                                    re.M)]
+    bad += [f for f in FILE.findall(text) if not OUTPUT.search(f) and not any((ROOT / d / f).exists()
+                                                                                for d in ("", "tests"))]
+    return bad
+
+
+@pytest.mark.parametrize("path", SOURCES + [ROOT / "README.md"], ids=lambda p: p.name)
+def test_every_pointer_leads_somewhere(path):
+    assert broken_pointers(path.read_text()) == []
+
+
+def test_a_broken_pointer_is_caught():
+    said = ('docs/FINDINGS.md section 12 and docs/board-world.md, sections 4, 99; README ("No such part"); '
+            'README: "Where the rest lives"; train.py, nothing.py and docs/nothing.md')
+    assert broken_pointers(said) == ["docs/board-world.md section 99", 'README "No such part"', "nothing.py",
+                                     "docs/nothing.md"]

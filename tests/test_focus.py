@@ -39,15 +39,6 @@ def test_critical_step_is_the_jump():
     assert per.tolist() == [[1], [0], [1]]
 
 
-def test_first_commit_by_hand():
-    traj = hand_trajectory(T=6, B=3, N=16, K=10)  # position n committed at step n*6//16
-    traj.final[:] = 0  # background everywhere...
-    traj.final[0, 9] = traj.final[0, 5] = 7  # ...sample 0: objects at 9 (step 3) and 5 (step 1)
-    traj.final[1, 15] = 8  # sample 1: one object, committed at the last step; sample 2: none
-    step, pos = focus.first_commit(traj, torch.arange(10) >= 5)
-    assert step.tolist() == [1, 5, -1] and pos.tolist() == [5, 15, -1]
-
-
 def test_critical_tokens_count_disjoint_and_earliest():
     traj = hand_trajectory(T=6, B=4, N=16)
     for frac in (0.3, 0.5):
@@ -162,13 +153,13 @@ def test_rl_step_weighs_over_every_scored_token_before_the_loss_mask():
     import grpo
     torch.manual_seed(0)
     model = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
-    ref = MaskedTransformer(model.cfg).requires_grad_(False)
+    ref = MaskedTransformer(model.config).requires_grad_(False)
     seen = {}
     pick = lambda traj: torch.zeros(traj.final.shape, dtype=torch.bool).index_fill_(1, torch.tensor([0, 5]), True)
     weigh = lambda old, r, mask, traj: seen.setdefault("mask", mask) is None or torch.ones_like(old)
     s = grpo.rl_step(model, ref, torch.optim.AdamW(model.parameters()), encode_prompts(["a red circle"]),
-                     lambda tok: (tok == 3).float().mean(1), 4, dict(steps=4), steps="all", pick_tokens=pick,
-                     weigh_tokens=weigh, generator=torch.Generator().manual_seed(0))
+                     lambda tok: (tok == 3).float().mean(1), dict(steps=4), grpo.GRPOConfig(group_size=4),
+                     score_steps="all", tokens=(pick, weigh), generator=torch.Generator().manual_seed(0))
     assert seen["mask"].shape == (4, 4, 16) and seen["mask"].sum() > 4 * 4 * 2  # more than the picked positions
     assert s["scored_tokens"] <= 4 * 2  # the loss: picked positions only (at most 2 per step)
 
@@ -178,22 +169,23 @@ def test_rl_step_runs_every_focus_variant():
     import grpo
     torch.manual_seed(0)
     model = MaskedTransformer(ModelConfig(codebook_size=8, n_tokens=16, d_model=32, n_layers=1, n_heads=2))
-    ref = MaskedTransformer(model.cfg).requires_grad_(False)
+    ref = MaskedTransformer(model.config).requires_grad_(False)
     ref.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = encode_prompts(["a red circle", "two blue squares"])
     score = lambda tok: (tok == 3).float().mean(1)
     emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
-    for steps, tokens, routing, per in [("all", "all", "off", 0), ("random", "all", "off", 0), ("focus", "all", "off", 0),
+    for steps, tokens, routing, per in [("all", "all", "off", 0), ("random", "all", "off", 0),
+                                        ("focus", "all", "off", 0),
                                         ("focus", "all", "off", 1), ("focus", "critical", "off", 1),
                                         ("focus", "critical", "entropy", 0)]:
         kw = dict(steps=6, mode="stochastic")
         if routing == "entropy":
             kw["token_temperature"] = focus.entropy_temperature
-        pick, weigh = focus.gcpo_hooks(4, emb) if tokens == "critical" else (None, None)
-        chosen = focus.focus_steps(emb, 2, bool(per)) if steps == "focus" else steps
-        s = grpo.rl_step(model, ref, opt, ids, score, 4, kw, steps=chosen, k=2, pick_tokens=pick, weigh_tokens=weigh,
-                         generator=torch.Generator().manual_seed(2))
+        hooks = focus.gcpo_hooks(4, emb) if tokens == "critical" else None
+        chosen = {"all": "all", "random": 2}[steps] if steps != "focus" else focus.focus_steps(emb, 2, bool(per))
+        s = grpo.rl_step(model, ref, opt, ids, score, kw, grpo.GRPOConfig(group_size=4), score_steps=chosen,
+                         tokens=hooks, generator=torch.Generator().manual_seed(2))
         assert s["scored_steps"] == (6 if steps == "all" else 2)
         assert math.isfinite(s["kl"]) and s["skipped"] == 0
         if tokens == "critical":

@@ -21,7 +21,8 @@ def test_gpu_check_runs_every_step_and_keeps_its_files(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     for step in ("train", "bench", "compare"):
         assert f"[gpu_check] {step}: exit 0" in res.stdout, res.stdout
-    assert sorted(os.listdir(tmp_path / "out")) == ["gpu.log", "report.md", "results.tar.gz"]  # three files: few to copy back
+    # three files: few to copy back
+    assert sorted(os.listdir(tmp_path / "out")) == ["gpu.log", "report.md", "results.tar.gz"]
     log = (tmp_path / "out" / "gpu.log").read_text()
     assert "images/s" in log and "ms/step" in log and "Traceback" not in log
     with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:

@@ -70,7 +70,8 @@ def test_replay_trains_only_the_conditional_branch():
 
 def test_grpo_loss_matches_a_direct_computation():
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.5, -2.5]])
-    old = torch.tensor([[-1.5, -1.0, -0.5], [-0.3, -2.0, -1.0]])  # ratios e^.5 (clipped up), e^-1 (clipped down), 1, ...
+    # ratios e^.5 (clipped up), e^-1 (clipped down), 1, ...
+    old = torch.tensor([[-1.5, -1.0, -0.5], [-0.3, -2.0, -1.0]])
     ref = torch.tensor([[-1.2, -2.0, -0.1], [-0.6, -1.0, -2.0]])
     adv = torch.tensor([2.0, -1.0])
     mask = torch.tensor([[True, True, False], [True, True, True]])
@@ -159,16 +160,18 @@ def test_maskgrpo_iteration_j_scores_mask_j(monkeypatch):
     ref = tiny_model().requires_grad_(False)
     seen = []
     real = grpo.remask_logp
-    monkeypatch.setattr(grpo, "remask_logp", lambda model, f, p, masks, mid: seen.append(masks) or real(model, f, p, masks, mid))
+    spy = lambda model, f, p, masks, mid: seen.append(masks) or real(model, f, p, masks, mid)
+    monkeypatch.setattr(grpo, "remask_logp", spy)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), lambda tok: (tok == 3).float().mean(1),
-                     4, dict(steps=4, cfg_scale=0.0), estimator="maskgrpo", mu=3, mask_floor=0.0,
+    s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]),
+                     lambda tok: (tok == 3).float().mean(1), dict(steps=4, cfg_scale=0.0),
+                     grpo.GRPOConfig(group_size=4, estimator="maskgrpo", mu=3, mask_floor=0.0),
                      generator=torch.Generator().manual_seed(0))
     assert [tuple(x.shape) for x in seen] == [(8, 3, 16)] * 2 + [(8, 1, 16)] * 3
     assert seen[0][:, 0].float().mean() < 0.6 < seen[0][:, 2].float().mean()  # m=0: ratios 1/3, 2/3, 0.999
     for j in range(3):
         assert torch.equal(seen[2 + j][:, 0], seen[0][:, j])
-    assert s["scored_steps"] == 3 and s["score_fwd"] == 15 and s["skipped"] == 0
+    assert s["scored_steps"] == 3 and s["skipped"] == 0
 
 
 def test_per_sample_steps_gather_each_samples_own_step():
@@ -194,7 +197,7 @@ def test_per_sample_steps_gather_each_samples_own_step():
 
 def test_a_tiny_rl_run_raises_the_reward():
     """Easy task: reward = fraction of tokens equal to code 3. GRPO must push the policy towards it."""
-    from grpo import rl_step
+    from grpo import GRPOConfig, rl_step
     m = tiny_model()
     ref = tiny_model().requires_grad_(False)
     ids = encode_prompts(["a red circle", "two blue squares"])
@@ -204,7 +207,8 @@ def test_a_tiny_rl_run_raises_the_reward():
     for estimator in ("remask", "replay", "maskgrpo"):
         m.load_state_dict(ref.state_dict())
         opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
-        log = [rl_step(m, ref, opt, ids, score, 8, kw, estimator=estimator, beta=0.0, generator=g) for _ in range(25)]
+        conf = GRPOConfig(group_size=8, estimator=estimator, beta=0.0)
+        log = [rl_step(m, ref, opt, ids, score, kw, conf, generator=g) for _ in range(25)]
         first = sum(x["reward"] for x in log[:5]) / 5
         last = sum(x["reward"] for x in log[-5:]) / 5
         assert last > first + 0.2, (estimator, first, last)
@@ -219,8 +223,9 @@ def test_a_non_finite_loss_is_skipped_and_never_reaches_the_weights():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     nan = lambda tok: torch.full((tok.shape[0],), float("nan"))
-    s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), nan, 4,
-                     dict(steps=4, cfg_scale=0.0), mu=3, generator=torch.Generator().manual_seed(0))
+    s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), nan,
+                     dict(steps=4, cfg_scale=0.0), grpo.GRPOConfig(group_size=4, mu=3),
+                     generator=torch.Generator().manual_seed(0))
     assert s["skipped"] == 3 and math.isnan(s["kl"])  # logged as not a number, not missing
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
@@ -233,10 +238,10 @@ def test_micro_batches_give_the_same_update_as_one_batch(estimator, pool):
     for micro in (0, 3):
         m, ref = tiny_model(), tiny_model().requires_grad_(False)
         opt = torch.optim.SGD(m.parameters(), lr=1.0)  # plain SGD: Adam would blow up float noise in tiny gradients
+        conf = grpo.GRPOConfig(group_size=4, estimator=estimator, mu=2, pool=pool, micro_batch=micro)
         s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]),
-                         lambda tok: (tok == 3).float().mean(1), 4, dict(steps=4, cfg_scale=2.0), steps="random", k=2,
-                         estimator=estimator, mu=2, pool=pool, generator=torch.Generator().manual_seed(0),
-                         micro_batch=micro)
+                         lambda tok: (tok == 3).float().mean(1), dict(steps=4, cfg_scale=2.0), conf, score_steps=2,
+                         generator=torch.Generator().manual_seed(0))
         results.append((m.state_dict(), s))
     (w0, s0), (w1, s1) = results
     assert any((w0[k] != tiny_model().state_dict()[k]).any() for k in w0)  # the update did move the weights
@@ -259,4 +264,5 @@ def test_pool_weights_over_ranks_are_the_global_batchs(pool):
 
     got = torch.cat([grpo.pool_weights(h, pool, total) for h in halves])
     assert torch.allclose(got, grpo.pool_weights(mask, pool))
-    assert not torch.allclose(torch.cat([grpo.pool_weights(h, pool) for h in halves]) / 2, grpo.pool_weights(mask, pool))
+    own = torch.cat([grpo.pool_weights(h, pool) for h in halves]) / 2  # each rank pooling only its rows
+    assert not torch.allclose(own, grpo.pool_weights(mask, pool))

@@ -20,7 +20,8 @@ def test_data_cells_hand_cases():
     first, second = probe.data_cells("below", SIDE)  # first in rows 2-3, second in rows 0-1
     assert cells(first) == set(range(8, 16)) and cells(second) == set(range(8))
     first, second = probe.data_cells("left of", 8)  # an 8x8 grid: the left and the right half
-    assert cells(first) == {n for n in range(64) if n % 8 <= 3} and cells(second) == {n for n in range(64) if n % 8 >= 4}
+    assert cells(first) == {n for n in range(64) if n % 8 <= 3}
+    assert cells(second) == {n for n in range(64) if n % 8 >= 4}
 
 
 def test_order_right_hand_cases():
@@ -33,7 +34,7 @@ def test_order_right_hand_cases():
 
 
 def stub_model():
-    return SimpleNamespace(cfg=SimpleNamespace(n_tokens=N), mask_id=K, parameters=lambda: iter([torch.zeros(1)]))
+    return SimpleNamespace(config=SimpleNamespace(n_tokens=N), mask_id=K, parameters=lambda: iter([torch.zeros(1)]))
 
 
 def knowing_policy(states, prompts):
@@ -79,7 +80,8 @@ def test_probes_tell_a_knowing_model_from_a_bag_of_words(policy, monkeypatch):
 
 
 def test_part_labels_name_the_parts_of_each_object():
-    """On the parallel world's codebook every object has parts of its own (a square's: the plain fill); the background none."""
+    """On the parallel world's codebook every object has parts of its own (a square's: the plain fill); the
+    background none."""
     from model import VQCodebook
     g = torch.Generator().manual_seed(0)
     vq = VQCodebook.fit(world.render(world.sample_prompts(300, g), 32, g, grid=4), 64, 4, g)

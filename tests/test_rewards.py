@@ -161,8 +161,10 @@ def test_specks_are_ignored_but_big_extra_blobs_count():
 
 def test_errors_are_clear():
     img = blank()
-    for bad, match in [("a purple circle", "colour"), ("a red hexagon", "shape"), ("a red circle near a blue square", "relation"),
-                       ("a red circle and a red circle", "same object"), ("five red circles", "grammar"), ("", "grammar")]:
+    for bad, match in [("a purple circle", "colour"), ("a red hexagon", "shape"),
+                       ("a red circle near a blue square", "relation"),
+                       ("a red circle and a red circle", "same object"), ("five red circles", "grammar"),
+                       ("", "grammar")]:
         with pytest.raises(ValueError, match=match):
             R.reward(img, [bad])
     with pytest.raises(ValueError, match="shape"):

@@ -10,7 +10,7 @@ from torch.overrides import TorchFunctionMode
 
 import bench
 from bench import cost, forward_flops, time_interleaved
-from sample import commit_counts, commit_order, halton_order, mask_counts, mask_schedule, policy_logits, sample
+from sample import commit_counts, commit_order, halton_order, mask_counts, policy_logits, sample
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,9 @@ def prompts(n):
     return encode_prompts(["a red circle", "three blue squares", "a green triangle above a red circle"][:n])
 
 
-def test_mask_schedule_by_hand():
+def test_mask_counts_by_hand():
     # N=16, T=4: floor(16 cos(pi/8 k)) = 14, 11, 6, then 0
     assert mask_counts(4, 16) == [14, 11, 6, 0]
-    assert mask_schedule(1, 4, 16) == 11
     # T == N: one token per step, whatever the cosine says
     assert mask_counts(5, 5) == [4, 3, 2, 1, 0]
     for T in range(1, 17):

@@ -213,7 +213,8 @@ def test_speed_table_rows_and_listed_calls(monkeypatch):
     assert rows[0]["ops"] == vanilla_ops and rows[1]["ops"] < vanilla_ops / 2  # the same sampler; 2 steps of 6
     net_ops = cost(lambda: net(torch.zeros(1, 16, 32), torch.zeros(1, 16, 32), torch.ones(1, 16).bool(),
                                   torch.ones(1)))[1]
-    extra = rows[2]["ops"] - rows[3]["ops"]  # 4 steps take the shortcut: its net and its inputs, where the cache has none
+    # 4 steps take the shortcut: its net and its inputs, where the cache has none
+    extra = rows[2]["ops"] - rows[3]["ops"]
     assert extra % 4 == 0 and net_ops < extra / 4 < net_ops + 12
     lines = speed_table_lines(rows)
     assert len(lines) == 6 and "| cache | 6 | 2 at 0,1 |" in lines[5] and "| 4.00x |" in lines[3]

@@ -100,7 +100,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
         train.main(["--preset", "tiny", "--out", out, "--lr", "0.002"])
     assert not any(f.endswith(".tmp") for f in os.listdir(out))
     # the focus comparison from the same checkpoints: every variant, one update, one seed
-    res = train.main(["--preset", "tiny", "--out", out, "--compare", "--compare-seeds", "1", "--compare-updates", "1"])
+    res = compare.main(["--preset", "tiny", "--out", out, "--compare-seeds", "1", "--compare-updates", "1"])
     variant_runs = res["compare"]["runs"]
     assert [r["variant"] for r in variant_runs] == [v[0] for v in compare.VARIANTS]
     assert all(len(r["curve"]) == 2 and r["curve"][0][0] == 0 for r in variant_runs)  # before and after the update
@@ -108,9 +108,9 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     for f in ["compare.png", "critical_steps.png"]:
         assert os.path.exists(os.path.join(out, f)), f
     assert [v[0] for v in compare.pick_variants("1,2")] == ["random k", "focus k"]
-    # focus.py's demo on the finished run: the steps it picks, the first commits, binding and relations
-    demo = subprocess.run([sys.executable, "focus.py", "--ckpt", out, "--batches", "1", "--prompts", "2", "--group", "2",
-                           "--k", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    # focus.py's demo on the finished run: the steps it picks, binding and relations
+    demo = subprocess.run([sys.executable, "focus.py", "--ckpt", out, "--batches", "1", "--prompts", "2",
+                           "--group", "2", "--k", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert demo.returncode == 0, demo.stderr
     share = float(re.search(r"binding on the empty board .*?: ([\d.]+)% of the mass", demo.stdout).group(1))
     assert 0 <= share <= 100 and os.path.exists(os.path.join(out, "focus_demo.png"))
@@ -123,7 +123,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
     with pytest.raises(SystemExit, match="indices 0-4"):
         compare.pick_variants("1,9")
-    # README's "from Python" block, on this run (tiny: T=4, so its budget of 4 base calls is all of them)
+    # README's "from Python" block, on this run (tiny: the shortcut at its 8 steps with 2 base calls)
     block = re.search(r"```python\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S).group(1)
     res = subprocess.run([sys.executable, "-c", block.replace('"out"', repr(out))], cwd=ROOT, capture_output=True,
                          text=True)
@@ -164,7 +164,7 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     for script, bad, msg in [("sample.py", ["--steps", "0"], "--steps must be between 1 and the 64 image tokens"),
                              ("sample.py", ["--prompt", "a purple circle"], "unknown colour 'purple'"),
                              ("sample.py", ["--temperature", "0"], "--temperature must be above 0, got 0.0"),
-                             ("sample.py", ["--cfg", "-1"], "--cfg must be at least 0, got -1.0"),
+                             ("sample.py", ["--cfg-scale", "-1"], "--cfg-scale must be at least 0, got -1.0"),
                              ("focus.py", ["--k", "9"], "need 1 <= --k <= --steps"),
                              ("grpo.py", ["--group", "1"], "--group at least 2"),
                              ("shortcut.py", ["--prompt", "a red circle", "--budget", "9"],
@@ -186,7 +186,7 @@ def test_every_numeric_flag_refuses_a_negative_value(field, capsys):
 
 def test_a_bad_variant_list_stops_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="--compare-variants takes comma-separated indices 0-4, got '9'"):
-        train.main(["--preset", "tiny", "--out", str(tmp_path / "run"), "--compare", "--compare-variants", "9"])
+        compare.main(["--preset", "tiny", "--out", str(tmp_path / "run"), "--compare-variants", "9"])
     assert not (tmp_path / "run").exists()
 
 
@@ -244,7 +244,8 @@ def test_demos_on_a_folder_without_a_run_say_what_to_do(tmp_path):
     (tmp_path / "codebook.pt").write_bytes(b"")
     with pytest.raises(SystemExit, match="pretrain.pt is missing"):
         runs.load_generator(str(tmp_path), torch.device("cpu"))
-    out = subprocess.run([sys.executable, "shortcut.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "shortcut.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True)
     assert out.returncode == 1 and "shortcut.pt is missing" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -288,7 +289,8 @@ def test_ctrl_c_says_how_to_go_on_without_a_traceback(tmp_path):
             p.kill()
             p.wait()
     said = log.read_text()
-    assert p.returncode == 1 and "interrupted: the same command goes on" in said and "Traceback" not in said, said[-3000:]
+    assert p.returncode == 1 and "interrupted: the same command goes on" in said, said[-3000:]
+    assert "Traceback" not in said, said[-3000:]
     assert (out / "codebook.pt").exists()
 
 
@@ -324,7 +326,7 @@ def test_tiny_pipeline_under_bf16_autocast(tmp_path, monkeypatch):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     for m in (model, sample, shortcut, train):
         monkeypatch.setattr(m, "autocast", bf16)
-    res = train.main(["--preset", "tiny", "--out", str(tmp_path / "bf16"), "--compare", "--compare-seeds", "1",
+    res = compare.main(["--preset", "tiny", "--out", str(tmp_path / "bf16"), "--compare-seeds", "1",
                       "--compare-variants", "1,3"])
     assert used and 0 <= res["eval_rl"]["accuracy"]["overall"] <= 1
     assert all(r["kind"] in ("vanilla", "cache", "shortcut") for r in res["shortcut"]["table"])
@@ -353,9 +355,9 @@ def test_compile_gives_the_eager_run_and_plain_checkpoints(tmp_path):
 def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
     """A crash in the second run of the comparison keeps the first run; the rerun does only the rest and
     matches an uninterrupted comparison."""
-    args = ["--preset", "tiny", "--rl-updates", "0", "--sc-iters", "0", "--compare", "--compare-seeds", "2",
+    args = ["--preset", "tiny", "--rl-updates", "0", "--sc-iters", "0", "--compare-seeds", "2",
             "--compare-updates", "1", "--compare-variants", "1,2"]
-    whole = train.main(args + ["--out", str(tmp_path / "whole")])["compare"]["runs"]
+    whole = compare.main(args + ["--out", str(tmp_path / "whole")])["compare"]["runs"]
     out = str(tmp_path / "crash")
     real, calls = compare.rl_update, []
 
@@ -366,16 +368,17 @@ def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
         return real(*a)
     monkeypatch.setattr(compare, "rl_update", crash_on_second_run)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train.main(args + ["--out", out])
+        compare.main(args + ["--out", out])
     assert not os.path.exists(os.path.join(out, "compare.pt"))
     kept = torch.load(os.path.join(out, "compare.partial.pt"), weights_only=False)["runs"]
     assert [r["variant"] for r in kept] == ["random k"]
     monkeypatch.setattr(compare, "rl_update", real)
     capsys.readouterr()
-    runs = train.main(args + ["--out", out])["compare"]["runs"]
+    runs = compare.main(args + ["--out", out])["compare"]["runs"]
     assert "[compare] resuming from its snapshot after 1 runs" in capsys.readouterr().out
     assert runs[0] == kept[0]  # seed-major, so a comparison stopped early still has every variant:
-    assert [(r["variant"], r["seed"]) for r in runs] == [("random k", 0), ("focus k", 0), ("random k", 1), ("focus k", 1)]
+    assert [(r["variant"], r["seed"]) for r in runs] == [("random k", 0), ("focus k", 0), ("random k", 1),
+                                                         ("focus k", 1)]
     assert [r["curve"] for r in runs] == [r["curve"] for r in whole]  # the same numbers as without the crash
     assert not os.path.exists(os.path.join(out, "compare.partial.pt"))
 
@@ -460,3 +463,20 @@ def test_maskgrpo_runs_at_its_own_mu_unless_told():
     assert (parse("--rl-estimator", "maskgrpo").rl_mu, parse("--rl-estimator", "maskgrpo").rl_mask_floor) == (6, 0.6)
     assert parse("--rl-estimator", "maskgrpo", "--rl-mu", "2").rl_mu == 2
     assert parse().rl_mu == 1 and parse("--rl-estimator", "replay").rl_mu == 1
+
+
+def test_rl_compute_counts_forward_equivalents_by_hand():
+    # remask, k=4 of T=12, CFG 2, mu 1: rollout 12 x 2; per scored step old + reference + (forward + backward) = 5
+    cfg = dataclasses.replace(config.Config(), rl_mu=1)  # parse_config turns the default 0 into the estimator's own
+    assert train.rl_compute(cfg, 4) == dict(rollout_fwd=24, score_fwd=20)
+    # replay scores the guided policy (x2 with CFG) and recorded the old one: reference + 3 per step
+    assert train.rl_compute(dataclasses.replace(cfg, rl_estimator="replay"), 4)["score_fwd"] == 4 * 2 * 4
+    # MaskGRPO: no steps; 5 per inner iteration (its mask's old, reference, forward and backward), mu of them
+    assert train.rl_compute(dataclasses.replace(cfg, rl_estimator="maskgrpo", rl_mu=3), 3)["score_fwd"] == 15
+
+
+def test_the_pictures_prompts_follow_a_fixed_rule():
+    import report
+    # 4 categories x 3 prompts x 2 samples, category by category: the first two prompts of each, one of each first
+    prompts = [f"{c}{i}" for c in "STCP" for i in range(3) for _ in range(2)]
+    assert report.asset_prompts(prompts, 2) == ["S0", "T0", "C0", "P0", "S1", "T1", "C1", "P1"]
