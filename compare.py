@@ -9,8 +9,8 @@ three switches:
   focus k + critical tokens            and GCPO's 30% critical tokens with dynamic weights
   focus k + critical tokens + routing  and MaskFocus's entropy-routed rollouts
 
-    python compare.py --out DIR --rl-updates 0 --sc-iters 0   # train.py's stages (finished ones skipped),
-                                                             # then every variant x --compare-seeds 3
+    python compare.py --out DIR --rl-updates 0 --sc-iters 0 --compare-updates 60
+        # train.py's stages (finished ones skipped), then every variant x --compare-seeds 3, 60 updates each
     python compare.py --out DIR --compare-variants 1,2      # some of them (indices into VARIANTS)
 
 Every other flag is train.py's. Writes the table into report.md (report.compare_table), the accuracy curves to

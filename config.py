@@ -106,7 +106,7 @@ PRESETS = {
                  rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2,
                  compare_eval_prompts=8,
                  sc_steps=8, sc_budgets="2,4", sc_eval=16, sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
-    "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
+    "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 20 minutes on 2 cores
     # MaskGIT's 16x16 = 256-token grid (64x64 px, 4x4 patches; objects of 16-24 px span 4x4 to 6x6 tokens) in
     # T = 12 steps: 21 tokens per step. Lengths by FLOP count, for at most 5 minutes on one H200 at an assumed 25%
     # of 790 bf16 TFLOP/s = 198 TFLOP/s. A forward pass of one sequence (8 words + 256 tokens, d 256, 6 layers:
@@ -120,7 +120,7 @@ PRESETS = {
                 pretrain_steps=2000, batch_size=256, lr=1.5e-3, warmup=100, eval_samples=4, eval_batch=1600,
                 rl_updates=200, rl_prompts=32, rl_micro_batch=64, rl_eval_every=25, compare_updates=100,
                 compare_eval_prompts=400,
-                sc_eval=1600, sc_prompts=1024, sc_iters=3000, sc_bench_batch=1024),
+                sc_eval=1600, sc_prompts=1024, sc_iters=3000, sc_bench_batch=400),
 }
 
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],

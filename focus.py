@@ -234,10 +234,10 @@ if __name__ == "__main__":
     if min(args.batches, args.prompts) < 1 or args.group < 2 or not 1 <= args.k <= T <= model.config.n_tokens:
         ap.error(f"need 1 <= --k <= --steps (the run's {T}), --batches, --prompts >= 1 and --group >= 2; got {args}")
     g, g_prompts, gains = torch.Generator(dev).manual_seed(0), torch.Generator().manual_seed(1), []
-    for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, confidence sampling
+    for _ in range(args.batches):  # rollouts as in the RL stage: G samples per prompt, in the run's rollout order
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
         tokens, traj = sample(model, encode_prompts(prompts).to(dev), T, cfg.cfg_scale, cfg.temperature,
-                              cfg.choice_temperature, generator=g, record=True)
+                              cfg.choice_temperature, mode=cfg.rl_mode, generator=g, record=True)
         gains.append(information_gain(traj, vq.codes))
     gain = torch.stack(gains).mean(0)
     print(f"mean information gain per step (T={T}): " + " ".join(f"{x:.3f}" for x in gain.tolist()))

@@ -297,7 +297,9 @@ def write_report(cfg, dev, vq_mse, res):
         clock = "CUDA events" if bench_dev.startswith("cuda") else "wall clock"
         lines += ["", f"{sc['n_eval']} samples of the evaluation set (an even spread; the same seeds for every row), "
                   f"sampled in batches of {min(sc['bench_batch'], sc['n_eval'])} on `{bench_dev}`, every row taking "
-                  f"each batch in turn; latency per image ({clock}) over the full batches after the first. Speed-up "
+                  f"each batch in turn; latency per image ({clock}) "
+                  + ("over the full batches after the first" if sc["n_eval"] >= 2 * sc["bench_batch"]
+                     else "of the one batch, sampled a second time after the first") + f". Speed-up "
                   f"against vanilla {steps} steps.", "",
                   *speed_table_lines(sc["table"])]
     if "wall" in res:  # train.py's own run (report.py rebuilding from checkpoints has no clock)
@@ -353,6 +355,7 @@ def write_assets(out, folder, dev, seed=0):
         net, ck = runs.load_shortcut(out, dev)
         steps = ck["config"].get("sc_steps") or cfg.sample_steps  # before sc_steps: the evaluation's
         budget = max(sweep_list(ck["config"]["sc_budgets"])) if "sc_budgets" in ck["config"] else max(2, steps // 2)
+        kw = dict(kw, mode="confidence")  # as the shortcut's table samples
         slow = vq.decode(sample(model, ids, steps, generator=gen(), **kw))
         fast = vq.decode(sample_with_shortcut(model, net, ids, steps, budget, generator=gen(),
                                               uncond=ck["config"]["sc_uncond"], **kw))

@@ -41,8 +41,8 @@ COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "c
 
 
 def stage_config(cfg, stage):
-    if stage == "sweep":  # the evaluation settings at other step counts, of both models
-        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps)
+    if stage == "sweep":  # the evaluation settings at other step counts, of both models, in both orders
+        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps, orders="confidence,halton")
     if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
         return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
     names = []
@@ -57,8 +57,9 @@ def stage_config(cfg, stage):
 
 
 # a key newer than a checkpoint counts as what the code did before it existed: a Config field's default, the
-# first verifier (rewards.VERSION), and a shortcut stage that ran at the evaluation's steps (no value matches it)
-BEFORE = dict(DEFAULTS, verifier=1, sc_steps=None, sc_budgets=None, sc_eval=None)
+# first verifier (rewards.VERSION), a shortcut stage that ran at the evaluation's steps (no value matches it) and
+# a parallelism table in the confidence order only
+BEFORE = dict(DEFAULTS, verifier=1, sc_steps=None, sc_budgets=None, sc_eval=None, orders="confidence")
 
 
 def config_of(ck):

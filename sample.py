@@ -14,9 +14,10 @@ sampled at every masked position, and some of them are committed (kept for good)
               of them (the cosine schedule above; the paper uses an arccos one). The tokens are still
               sampled from the model, but no confidence decides where: each step's tokens lie far
               apart, so fewer of them belong to one object. For RL the order is fixed, so (as with the
-              stochastic sampler) the ordering decision that gets no gradient is gone. Simplified: the
-              public code also rewrites the tokens at every position revealed so far; here a committed
-              token stays, as in MaskGIT.
+              stochastic sampler) the ordering decision that gets no gradient is gone. Versus the public
+              code: it also rewrites the tokens at every position revealed so far (here a committed token
+              stays, as in MaskGIT); its sequence starts at point 1 (here 0: position (0, 0) first), takes
+              the base-2 value as the row (here the column) and rolls the list only when asked (here always).
   stochastic  MaskGRPO's ancestral sampler (arXiv 2510.02880): every masked token is committed
               independently with probability (k_t - k_{t+1}) / k_t, k_t = cos(pi/2 * t/T).
               No confidence ordering, so rollouts are more diverse; the counts are random.
