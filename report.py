@@ -21,6 +21,7 @@ import torch
 
 import dist
 import rewards
+import runs
 import world
 
 COLORS = [(40, 80, 220), (220, 60, 40), (40, 160, 60), (200, 140, 0), (140, 60, 180), (0, 150, 160)]
@@ -280,7 +281,7 @@ def write_report(cfg, dev, vq_mse, res):
                   f"its critical steps: `critical_steps.png`.", ""] + compare_table(ck)
     if "shortcut" in res:
         sc = res["shortcut"]
-        steps = sc["config"].get("sc_steps") or cfg.sample_steps  # before sc_steps, the evaluation's steps
+        steps = runs.shortcut_setting(sc, cfg)[0]
         moves = "".join(f" One step at T={t} moves the features by {c:.3g} (the cache's error) and the shortcut misses "
                         f"by {a:.3g}." for t, (a, c) in sorted(sc.get("moves", {}).items()))
         ops = (" and {} aten ops to its {} (about one GPU kernel launch each; the table's ops column counts a whole "
@@ -322,12 +323,9 @@ def write_assets(out, folder, dev, seed=0):
     by side by the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below),
     shortcut.png (vanilla sc_steps steps above, the shortcut at the table's largest budget below, if the run
     trained one) and a copy of the run's rl_reward.png."""
-    import runs
-    from config import sweep_list
     from model import encode_prompts
     from sample import sample
     from shortcut import sample_with_shortcut
-    import rewards
     os.makedirs(folder, exist_ok=True)
     model, vq, cfg = runs.load_generator(out, dev)
     prompts = asset_prompts(runs.load_checkpoint(os.path.join(out, "data.pt"))["eval_prompts"], cfg.eval_samples)
@@ -353,8 +351,7 @@ def write_assets(out, folder, dev, seed=0):
                                                                      generator=gen(), **kw)), "after RL": rl})
     if os.path.exists(os.path.join(out, "shortcut.pt")):
         net, ck = runs.load_shortcut(out, dev)
-        steps = ck["config"].get("sc_steps") or cfg.sample_steps  # before sc_steps: the evaluation's
-        budget = max(sweep_list(ck["config"]["sc_budgets"])) if "sc_budgets" in ck["config"] else max(2, steps // 2)
+        steps, budget = runs.shortcut_setting(ck, cfg)
         kw = dict(kw, mode="confidence")  # as the shortcut's table samples
         slow = vq.decode(sample(model, ids, steps, generator=gen(), **kw))
         fast = vq.decode(sample_with_shortcut(model, net, ids, steps, budget, generator=gen(),
@@ -368,7 +365,6 @@ if __name__ == "__main__":
     import argparse
 
     import config
-    import runs
     ap = argparse.ArgumentParser(description="Rewrite OUT/report.md from the stage checkpoints in OUT; with "
                                              "--assets, also draw the README's pictures into assets/.")
     ap.add_argument("--out", default="out")

@@ -18,7 +18,7 @@ import torch
 import dist
 import rewards
 import shortcut
-from config import DEFAULTS, Config, model_config
+from config import DEFAULTS, Config, model_config, sweep_list
 from model import MaskedTransformer, VQCodebook
 
 # the config fields each stage's result depends on (its own and its inputs')
@@ -195,6 +195,14 @@ def load_generator(out, dev, pretrained=False):
     vq = VQCodebook(cfg.codebook_size, cfg.patch)
     vq.load_state_dict(cb["state"])
     return model.eval(), vq.to(dev), cfg
+
+
+def shortcut_setting(ck, cfg):
+    """(steps, base calls) a shortcut checkpoint is sampled at by default: the steps it was trained at and its
+    table's largest budget (a run made before sc_steps: the evaluation's steps and half of them)."""
+    steps = ck["config"].get("sc_steps") or cfg.sample_steps
+    budgets = sweep_list(ck["config"]["sc_budgets"]) if "sc_budgets" in ck["config"] else [max(2, steps // 2)]
+    return steps, min(steps, max(budgets))
 
 
 def load_shortcut(out, dev):

@@ -73,17 +73,16 @@ def radical_inverse(i, base):
     return x
 
 
+@functools.cache
 def halton_order(side):
     """The side x side token grid's positions (row-major indices) in the order of the 2-D Halton sequence
-    (base 2 across, base 3 down), a point's first visit only: consecutive positions lie far apart."""
-    order, seen, i = [], set(), 0
+    (base 2 across, base 3 down), a point's first visit only: consecutive positions lie far apart. A tuple,
+    computed once per grid size."""
+    order, i = {}, 0  # a dict keeps the first visits in order
     while len(order) < side * side:
-        pos = int(radical_inverse(i, 3) * side) * side + int(radical_inverse(i, 2) * side)
-        if pos not in seen:
-            seen.add(pos)
-            order.append(pos)
+        order.setdefault(int(radical_inverse(i, 3) * side) * side + int(radical_inverse(i, 2) * side))
         i += 1
-    return order
+    return tuple(order)
 
 
 def commit_order(mode, B, N, generator, device):
@@ -214,23 +213,20 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
     tokens = (logp_all + gumbel(logp_all.shape, generator, logits.device)).argmax(-1)  # (B, N) ~ policy
     logp = logp_all.gather(-1, tokens[..., None])[..., 0]
     entropy = -(logp_all.exp() * logp_all).sum(-1) * masked
-    if mode in ("confidence", "halton"):
-        if mode == "confidence":
-            r = (t + 1) / T
-            conf = logp + choice_temperature * (1 - r) * gumbel(logp.shape, generator, logits.device)
-        elif order is None:
-            raise ValueError("mode 'halton' needs the order of its positions (sample.commit_order)")
-        else:
-            conf = -order.float()  # the earliest places in the order first
-        conf = conf.masked_fill(~masked, -math.inf)  # known positions are never re-committed
-        idx = conf.topk(n_commit, dim=1).indices
-        committed = torch.zeros_like(masked).scatter_(1, idx, True)
-    elif mode == "stochastic":
+    if mode == "stochastic":  # each masked position revealed with the schedule's probability
         k_now, k_next = math.cos(math.pi / 2 * t / T), math.cos(math.pi / 2 * (t + 1) / T)
         p = 1.0 if t == T - 1 else (k_now - k_next) / k_now
         committed = masked & (torch.rand(masked.shape, generator=generator, device=logits.device) < p)
-    else:
-        raise ValueError(f"mode must be 'confidence', 'halton' or 'stochastic', got {mode!r}")
+    else:  # the n_commit masked positions that score highest
+        if mode == "confidence":  # the most confident, with Gumbel noise annealed to zero
+            conf = logp + choice_temperature * (1 - (t + 1) / T) * gumbel(logp.shape, generator, logits.device)
+        elif mode == "halton" and order is not None:  # the earliest places in the fixed order
+            conf = -order.float()
+        else:
+            raise ValueError(f"mode must be 'confidence', 'halton' (with its commit_order) or 'stochastic', "
+                             f"got {mode!r}")
+        conf = conf.masked_fill(~masked, -math.inf)  # known positions are never re-committed
+        committed = torch.zeros_like(masked).scatter_(1, conf.topk(n_commit, dim=1).indices, True)
     return torch.where(committed, tokens, state), committed, tokens, logp, entropy
 
 

@@ -269,7 +269,6 @@ if __name__ == "__main__":
     import runs
     import world
     from bench import time_interleaved
-    from config import sweep_list
     from model import encode_prompts
     ap = argparse.ArgumentParser(description="A run's shortcut: its speed table, or --prompt sampled both ways.")
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder (shortcut.pt)")
@@ -284,9 +283,8 @@ if __name__ == "__main__":
         print("\n".join(report.speed_table_lines(ck["table"])))
         raise SystemExit
     model, vq, cfg = runs.load_generator(args.ckpt, dev)
-    T = ck["config"].get("sc_steps") or cfg.sample_steps  # the steps it was trained at
-    default = max(sweep_list(ck["config"]["sc_budgets"])) if "sc_budgets" in ck["config"] else max(2, T // 2)
-    budget = min(T, default) if args.budget is None else args.budget  # 32 steps: 12 calls, the paper's
+    T, default = runs.shortcut_setting(ck, cfg)  # the steps it was trained at; 32 steps: 12 calls, the paper's
+    budget = default if args.budget is None else args.budget
     if (problem := world.prompt_error(args.prompt)) or not 1 <= budget <= T or args.n < 1:
         ap.error(problem or f"--budget must be between 1 and the shortcut's {T} sampling steps and "
                                                     f"--n at least 1, got {budget} and {args.n}")

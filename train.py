@@ -357,12 +357,12 @@ def stage_shortcut(cfg, model, vq, data, dev):
     _, val_rows = shortcut.split_rows(traj)  # the validation trajectories
     with autocast(dev):
         distance = bench.step_distance_mse(net, model, traj, val_rows, max_d=min(4, S - 1))
+    val_prompts = traj["traj"][val_rows].unique()  # (P_val,) which prompts they sampled
     train_seconds = time.time() - t0
     del traj
     moves = {S: distance[1]} if S > 1 else {}  # how far the features move in one step, and the shortcut's error
     if 1 < T < S:  # the same at the evaluation's step count, on new trajectories of the validation prompts
-        n_val = int(shortcut.split_rows(dict(traj=torch.arange(len(ids))))[1].numel())
-        short = shortcut.collect(model, ids[:n_val], T, generator=g, batch=cfg.eval_batch, **kw)
+        short = shortcut.collect(model, ids[val_prompts], T, generator=g, batch=cfg.eval_batch, **kw)
         with autocast(dev):
             moves[T] = bench.step_distance_mse(net, model, short, torch.arange(short["traj"].shape[0]), max_d=1)[1]
     # one sampling step of each for one image (with --sc-uncond cache the shortcut moves the conditional branch only)

@@ -95,8 +95,8 @@ def test_sampler_leaves_no_mask_and_trajectory_is_consistent(model, mode):
 def test_halton_order_by_hand():
     # point i: column from i's base-2 digits mirrored, row from its base-3 digits, on an 8 x 8 grid:
     # i=1 -> (1/2, 1/3) -> column 4, row 2 -> 20; i=2 -> (1/4, 2/3) -> column 2, row 5 -> 42; i=3 -> (3/4, 1/9) -> 6
-    assert halton_order(8)[:4] == [0, 20, 42, 6]
-    assert halton_order(4)[:4] == [0, 6, 9, 3]  # on 4 x 4: (2, 1), (1, 2), (3, 0) as (column, row)
+    assert halton_order(8)[:4] == (0, 20, 42, 6)
+    assert halton_order(4)[:4] == (0, 6, 9, 3)  # on 4 x 4: (2, 1), (1, 2), (3, 0) as (column, row)
     for side in (1, 2, 3, 4, 8, 16):
         assert sorted(halton_order(side)) == list(range(side * side))  # every position once
 
