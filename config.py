@@ -69,11 +69,11 @@ class Config:
     rl_per_sample: bool = False  # focus: each sample's own k critical steps instead of the batch's
     clip_eps: float = 0.2
     beta: float = 0.01
-    rl_eval_every: int = 0  # held-out accuracy (compare_eval_prompts, 1 sample each) every this many updates; 0: off
+    rl_eval_every: int = 0  # held-out accuracy (compare_eval_prompts samples) every this many updates; 0: off
     # the focus comparison (python compare.py): every variant from the pretrained weights
     compare_seeds: int = 3
     compare_updates: int = 0  # 0: rl_updates
-    compare_eval_prompts: int = 200  # held-out prompts (1 sample each) for the accuracy curves
+    compare_eval_prompts: int = 200  # held-out samples for the accuracy curves (at most the evaluation's)
     compare_variants: str = ""  # comma-separated indices into compare.VARIANTS (0-4); empty: all five
     # the parallelism table: the evaluation at each of these step counts, pretrained and RL model, in both orders
     sweep_steps: str = ""  # comma-separated T, e.g. 4,6,8,12,16,32; empty: off
@@ -207,6 +207,9 @@ def parse_config(argv=None, description=None):
          f"{cfg.sc_steps}, got {cfg.sc_steps} and {cfg.sc_budgets!r}"),
         (cfg.sc_eval > cfg.eval_prompts * cfg.eval_samples, f"--sc-eval must be at most the evaluation's "
                                                              f"{cfg.eval_prompts * cfg.eval_samples} samples"),
+        (cfg.compare_eval_prompts > cfg.eval_prompts * cfg.eval_samples, "--compare-eval-prompts must be at most "
+                                                                         "the evaluation's "
+                                                                         f"{cfg.eval_prompts * cfg.eval_samples} samples"),
         (not 1 <= cfg.rl_k <= T, f"--rl-k must be between 1 and --sample-steps {T}, got {cfg.rl_k}"),
         (cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay", "--rl-routing entropy changes the rollout "
                                                                        "policy; use it with --rl-estimator remask")]:

@@ -172,19 +172,21 @@ def failure_table(evals):
 
 
 def compare_table(ck):
-    """Rows of the focus comparison: mean and std over seeds of the accuracy at each checkpoint."""
+    """Rows of the focus comparison: the seeds' mean accuracy at each checkpoint; at the end its standard error
+    over every scored sample, sqrt(p (1 - p) / (n x seeds)), and the seeds' spread (std)."""
     names = list(dict.fromkeys(r["variant"] for r in ck["runs"]))
     marks = [u for u, _ in ck["runs"][0]["curve"]]
-    lines = ["| variant | " + " | ".join(f"acc @ {u} upd" for u in marks) + " | final (mean +- std) "
+    lines = ["| variant | " + " | ".join(f"acc @ {u} upd" for u in marks) + " | final (mean +- SE) | seed std "
              "| RL s / run | fwd-equiv / update (scoring only) |",
-             "| --- | " + " | ".join("---" for _ in marks) + " | --- | --- | --- |"]
+             "| --- | " + " | ".join("---" for _ in marks) + " | --- | --- | --- | --- |"]
     for name in names:
         runs = [r for r in ck["runs"] if r["variant"] == name]
         accs = torch.tensor([[a for _, a in r["curve"]] for r in runs])  # (seeds, marks)
-        fin = accs[:, -1]
-        std = fin.std().item() if len(fin) > 1 else 0.0
+        fin, n = accs[:, -1], ck.get("n_eval", 0) * len(runs)
+        p, std = fin.mean().item(), fin.std().item() if len(fin) > 1 else 0.0
+        se = f" +- {(p * (1 - p) / n) ** 0.5:.1%}" if n else ""  # (comparisons saved before n_eval have none)
         lines.append(f"| {name} | " + " | ".join(f"{a:.1%}" for a in accs.mean(0).tolist())
-                     + f" | {fin.mean():.1%} +- {std:.1%} | {sum(r['seconds'] for r in runs) / len(runs):.0f} "
+                     + f" | {p:.1%}{se} | {std:.1%} | {sum(r['seconds'] for r in runs) / len(runs):.0f} "
                      f"| {runs[0]['fwd']:.0f} ({runs[0]['score_fwd']:.0f}) |")
     return lines
 
@@ -248,8 +250,8 @@ def write_report(cfg, dev, vq_mse, res):
                   f"{rl['seconds']:.0f}s. Reward curve: `rl_reward.png`; before/after samples "
                   f"(same prompts and seeds): `samples_pretrain.png`, `samples_rl.png`."]
         if rl.get("curve"):
-            lines += ["", f"Held-out accuracy during RL ({cfg.compare_eval_prompts} prompts of the evaluation set, one "
-                      "sample each; also in `rl_reward.png`): " + ", ".join(f"{u}: {a:.1%}" for u, a in rl["curve"])]
+            lines += ["", f"Held-out accuracy during RL ({cfg.compare_eval_prompts} samples of the evaluation set; also "
+                      "in `rl_reward.png`): " + ", ".join(f"{u}: {a:.1%}" for u, a in rl["curve"])]
     evals = [res[k] for k in ("eval_pretrain", "eval_rl") if k in res and "failures" in res[k]]
     if evals:  # (evaluations made before failure_modes existed have no 'failures')
         lines += ["", "## Why samples fail (rewards.failure_modes)", "",

@@ -310,9 +310,10 @@ def stage_rl(cfg, model, vq, data, dev):
 
 
 def held_out_prompts(cfg, data):
-    """compare_eval_prompts prompts spread evenly over the evaluation set (balanced categories): RL's curves."""
-    n, idx = cfg.compare_eval_prompts, list(range(0, len(data["eval_prompts"]), cfg.eval_samples))
-    return [data["eval_prompts"][i] for i in idx[:: max(1, len(idx) // n)][:n]]
+    """compare_eval_prompts entries of the evaluation set (eval_samples copies of each prompt), spread evenly
+    (balanced categories): RL's curves. Up to eval_prompts distinct prompts, one sample each; beyond, repeats."""
+    entries = data["eval_prompts"]
+    return entries[:: max(1, len(entries) // cfg.compare_eval_prompts)][:cfg.compare_eval_prompts]
 
 
 def example_trajectory(cfg, model, vq, dev, prompt="a red circle left of a blue square"):

@@ -218,6 +218,7 @@ def test_bad_flags_are_refused(capsys):
                      (["--sc-budgets", "8,40"], "--sc-budgets each between 1 and --sc-steps 32"),
                      (["--sc-steps", "65"], "--sc-steps must be at most the 64 image tokens"),
                      (["--sc-eval", "801"], "--sc-eval must be at most the evaluation's 800 samples"),
+                     (["--compare-eval-prompts", "801"], "--compare-eval-prompts must be at most the evaluation's 800"),
                      (["--order", "random"], "invalid choice: 'random'")]:
         with pytest.raises(SystemExit):
             config.parse_config(["--preset", "cpu", *bad])
@@ -480,3 +481,20 @@ def test_the_pictures_prompts_follow_a_fixed_rule():
     # 4 categories x 3 prompts x 2 samples, category by category: the first two prompts of each, one of each first
     prompts = [f"{c}{i}" for c in "STCP" for i in range(3) for _ in range(2)]
     assert report.asset_prompts(prompts, 2) == ["S0", "T0", "C0", "P0", "S1", "T1", "C1", "P1"]
+
+
+def test_held_out_samples_spread_over_the_evaluation_set():
+    # 4 categories x 2 prompts x 2 samples: 4 samples are one per other prompt, 8 are one per prompt, 16 are all
+    entries = [f"{c}{i}" for c in "STCP" for i in range(2) for _ in range(2)]
+    held = lambda n: train.held_out_prompts(config.Config(compare_eval_prompts=n), {"eval_prompts": entries})
+    assert held(4) == ["S0", "T0", "C0", "P0"]
+    assert held(8) == ["S0", "S1", "T0", "T1", "C0", "C1", "P0", "P1"]
+    assert held(16) == entries
+
+
+def test_compare_table_gives_the_standard_error_over_every_sample_by_hand():
+    run = lambda seed, final: dict(variant="focus k", seed=seed, curve=[(0, 0.2), (60, final)], seconds=10.0,
+                                   fwd=100.0, score_fwd=40.0)
+    row = report.compare_table(dict(runs=[run(0, 0.5), run(1, 0.3)], n_eval=100))[-1]
+    # mean 0.4 over 2 x 100 samples: sqrt(0.4 * 0.6 / 200) = 3.46%; the seeds' std: sqrt(2 * 0.1^2 / 1) = 14.1%
+    assert row == "| focus k | 20.0% | 40.0% | 40.0% +- 3.5% | 14.1% | 10 | 100 (40) |"
