@@ -207,9 +207,8 @@ def parse_config(argv=None, description=None):
          f"{cfg.sc_steps}, got {cfg.sc_steps} and {cfg.sc_budgets!r}"),
         (cfg.sc_eval > cfg.eval_prompts * cfg.eval_samples, f"--sc-eval must be at most the evaluation's "
                                                              f"{cfg.eval_prompts * cfg.eval_samples} samples"),
-        (cfg.compare_eval_prompts > cfg.eval_prompts * cfg.eval_samples, "--compare-eval-prompts must be at most "
-                                                                         "the evaluation's "
-                                                                         f"{cfg.eval_prompts * cfg.eval_samples} samples"),
+        (cfg.compare_eval_prompts > cfg.eval_prompts * cfg.eval_samples,
+         f"--compare-eval-prompts must be at most the evaluation's {cfg.eval_prompts * cfg.eval_samples} samples"),
         (not 1 <= cfg.rl_k <= T, f"--rl-k must be between 1 and --sample-steps {T}, got {cfg.rl_k}"),
         (cfg.rl_routing == "entropy" and cfg.rl_estimator == "replay", "--rl-routing entropy changes the rollout "
                                                                        "policy; use it with --rl-estimator remask")]:

@@ -250,8 +250,8 @@ def write_report(cfg, dev, vq_mse, res):
                   f"{rl['seconds']:.0f}s. Reward curve: `rl_reward.png`; before/after samples "
                   f"(same prompts and seeds): `samples_pretrain.png`, `samples_rl.png`."]
         if rl.get("curve"):
-            lines += ["", f"Held-out accuracy during RL ({cfg.compare_eval_prompts} samples of the evaluation set; also "
-                      "in `rl_reward.png`): " + ", ".join(f"{u}: {a:.1%}" for u, a in rl["curve"])]
+            lines += ["", f"Held-out accuracy during RL ({cfg.compare_eval_prompts} samples of the evaluation set; "
+                      "also in `rl_reward.png`): " + ", ".join(f"{u}: {a:.1%}" for u, a in rl["curve"])]
     evals = [res[k] for k in ("eval_pretrain", "eval_rl") if k in res and "failures" in res[k]]
     if evals:  # (evaluations made before failure_modes existed have no 'failures')
         lines += ["", "## Why samples fail (rewards.failure_modes)", "",
