@@ -63,6 +63,7 @@ class Config:
     rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; compare.py)
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
+    rl_credit: str = "sample"  # sample: one advantage a sample (the papers) | object: grpo.object_advantages
     rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus) | halton | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
     rl_micro_batch: int = 0  # rollouts per forward and backward when scoring (gradient accumulation; 0: all at once)
@@ -125,7 +126,7 @@ PRESETS = {
 
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
            "rl_estimator": ["remask", "replay", "maskgrpo"], "rl_steps": ["all", "random", "focus"],
-           "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"],
+           "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"], "rl_credit": ["sample", "object"],
            "rl_mode": ["stochastic", "confidence", "halton"], "order": ["confidence", "halton"],
            "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
 

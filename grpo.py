@@ -3,6 +3,8 @@ GRPO for a masked generator: the pieces of MaskGRPO (arXiv 2510.02880), each a p
 function another project can copy.
 
   group_advantages  z-score of rewards inside each group of G samples of one prompt
+  object_advantages per-object credit (beyond the papers, off by default): a token of a blob or of an
+                    object the prompt never names gets at most -1, whatever its sample's advantage
   replay_logp       the exact policy log-prob: re-run the model on the recorded input state
                     of a step (with the sampler's CFG and temperature) and score the tokens
                     committed there; only CFG's conditional branch takes the gradient
@@ -29,7 +31,10 @@ so does the Halton order (mode="halton"), where the positions are fixed before s
 
 Simplified versus the paper (honest list):
   - no LoRA: the whole (small) model is trained;
-  - the default estimator ("remask") is MaskFocus's, the mask count of a chosen sampling step;
+  - the default estimator ("remask") is MaskFocus's, the mask count of a chosen sampling step, counted
+    before the step (MaskFocus's code counts those still masked after it: at T=12 and 64 tokens, steps 1-4
+    score 63, 61, 59, 55 positions here against its 61, 59, 55, 50), a fresh mask per sample (its code
+    shares one);
     MaskGRPO's ratio schedule is estimator="maskgrpo", at its image settings mu = 6, m = 0.6
     (train.py uses them when that estimator is chosen without --rl-mu);
   - the loss on a masked position is plain log-prob, with no 1/t ELBO weighting (as the paper);
@@ -61,6 +66,18 @@ def group_advantages(rewards, group_size, eps=1e-4):
     flat = (r.max(1).values - r.min(1).values) == 0  # (groups,)
     adv = torch.where(flat[:, None], torch.zeros_like(r), (r - mean) / (std + eps))
     return adv.view(-1), flat.float().mean().item()
+
+
+def object_advantages(advantages, blamed, floor=1.0):
+    """Per-object credit, beyond all four papers (their advantage is one number per image): advantages (B,) and
+    blamed (B, N) bool (rewards.blamed_tokens: the tokens of a blob or of an object the prompt never names) ->
+    (B, N), each sample's own advantage on its tokens but at most -floor (a group std) on the blamed ones. So a
+    blob is never reinforced in a sample that beats its group, and is pushed down where every sample of the
+    group scored alike (their advantage is 0)."""
+    if blamed.shape[0] != advantages.shape[0] or blamed.ndim != 2:
+        raise ValueError(f"blamed must be (B, N) with B = {advantages.shape[0]}, got {tuple(blamed.shape)}")
+    A = advantages[:, None].expand(blamed.shape)
+    return torch.where(blamed, A.clamp(max=-floor), A)
 
 
 def step_index(steps, B, device):
@@ -154,14 +171,19 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
     """Per token: -min(rho A, clip(rho, 1-eps, 1+eps) A) * w + beta * (exp(ref - logp) - (ref - logp) - 1),
     rho = exp(logp - old_logp); averaged over `mask` by pool_mean (pool "token": the token-level mean;
     "step": a token mean per scored step, then the mean over steps).
-    logp, old_logp, ref_logp, mask, weights: (B, S, N) or (B, N); advantages: (B,). share: for a micro-batch,
-    these rows of the whole batch's pool_weights (then the loss is this micro-batch's part of the whole mean)."""
+    logp, old_logp, ref_logp, mask, weights: (B, S, N) or (B, N); advantages: (B,), or (B, N) per token
+    (object_advantages). share: for a micro-batch, these rows of the whole batch's pool_weights (then the loss is
+    this micro-batch's part of the whole mean)."""
     shape = same_shape("logp, old_logp, ref_logp, mask (and weights, share)", logp, old_logp, ref_logp, mask, weights,
                        share)
-    if tuple(advantages.shape) != shape[:1]:
-        raise ValueError(f"logp is {shape}, so advantages must be (B,) = {shape[:1]}, got {tuple(advantages.shape)}")
+    if tuple(advantages.shape) not in (shape[:1], (shape[0], shape[-1])):
+        raise ValueError(f"logp is {shape}, so advantages must be (B,) = {shape[:1]} or (B, N) = "
+                         f"{(shape[0], shape[-1])}, got {tuple(advantages.shape)}")
     mask = mask.float()
-    A = advantages.view(-1, *([1] * (logp.ndim - 1)))  # broadcast over the token dims
+    if advantages.ndim == 1:
+        A = advantages.view(-1, *([1] * (logp.ndim - 1)))  # broadcast over the token dims
+    else:
+        A = advantages if logp.ndim == 2 else advantages[:, None]  # (B, N) -> (B, 1, N): over the steps
     rho = torch.exp(logp - old_logp)
     surrogate = -torch.minimum(rho * A, rho.clamp(1 - clip_eps, 1 + clip_eps) * A)
     surrogate = surrogate if weights is None else surrogate * weights
@@ -221,7 +243,8 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
             tokens=None, generator=None, parallel=OneProcess):
     """One GRPO update round: rollouts, rewards, advantages, old and reference log-probs, conf.mu clipped updates.
 
-    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,); sample_kwargs go to sample() (steps, cfg_scale,
+    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,), or (rewards, blamed (B, N) bool) for per-object credit
+    (object_advantages); sample_kwargs go to sample() (steps, cfg_scale,
     temperature, mode, token_temperature). score_steps: "all", a number k (k random steps), or a callable
     traj -> a list of steps or a (B, S) tensor of steps per sample (focus.focus_steps); estimator "maskgrpo"
     chooses none (its mu masks take their place). tokens: None, or focus.gcpo_hooks' (pick_tokens, weigh_tokens):
@@ -233,8 +256,11 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
     ids = prompt_ids.repeat_interleave(conf.group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
     final, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
-    r = score(final).to(final.device)  # (B,)
+    r, blamed = (lambda out: out if isinstance(out, tuple) else (out, None))(score(final))
+    r = r.to(final.device)  # (B,)
     adv, flat = group_advantages(r, conf.group_size)
+    if blamed is not None:  # per-object credit: (B,) -> (B, N)
+        adv = object_advantages(adv, blamed.to(final.device))
     B, N = final.shape
     if conf.estimator == "maskgrpo":
         chosen, masks = None, ratio_masks(B, N, conf.mu, generator, final.device, conf.mask_floor)  # (B, mu, N)
@@ -287,7 +313,7 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
     return dict(reward=r.mean().item(), reward_std=r.view(-1, conf.group_size).std(1).mean().item(),
                 frac_reward_zero_std=flat, accuracy=(r >= 1).float().mean().item(), entropy=entropy.item(),
                 skipped=skipped, scored_steps=mask.shape[1], scored_tokens=mask.float().sum().item() / mask.shape[0],
-                **stats)
+                **stats, **({} if blamed is None else dict(blamed=blamed.float().mean().item())))
 
 
 if __name__ == "__main__":

@@ -76,9 +76,9 @@ def check_images(images, n_prompts=None):
         raise ValueError(f"got {images.shape[0]} images but {n_prompts} prompts")
 
 
-def find_objects(images):
+def find_objects(images, pixels=False):
     """Objects in (B, 3, H, W) images -> dict of per-object tensors (n,): image, color, shape, area, cx, cy,
-    misfit (match_shapes').
+    misfit (match_shapes'); with pixels=True also the map (B, H, W) of each pixel's object (-1: none or a speck).
 
     Works on the list of foreground pixels, not the dense grid (objects cover ~10% of it):
     row runs of same-colour pixels, then a union of runs that touch across rows (8-connected).
@@ -94,8 +94,9 @@ def find_objects(images):
     alpha = dots.gather(1, cls[:, None])[:, 0] / (pal * pal).sum(1)[cls]
     f, cls = cand[alpha >= 0.5], cls[alpha >= 0.5]  # foreground pixels and their colour
     if len(f) == 0:
-        return {k: torch.zeros(0, dtype=torch.long if k in ("image", "color", "shape", "misfit") else torch.float32)
+        none = {k: torch.zeros(0, dtype=torch.long if k in ("image", "color", "shape", "misfit") else torch.float32)
                 for k in ("image", "color", "shape", "area", "cx", "cy", "misfit")}
+        return (none, torch.full((B, H, W), -1)) if pixels else none
 
     # 1. row runs: a pixel continues a run if its left neighbour is foreground of the same colour
     cont = torch.zeros_like(f, dtype=torch.bool)
@@ -151,7 +152,11 @@ def find_objects(images):
     shape, misfit = match_shapes(labels.view(B, H, W), image, x0, y0, w, h)
     keep = area >= SPECK  # smaller components are specks
     out = dict(image=image, color=color, shape=shape, area=area, cx=cx, cy=cy, misfit=misfit)
-    return {k: v[keep] for k, v in out.items()}
+    out = {k: v[keep] for k, v in out.items()}
+    if not pixels:
+        return out
+    kept_id = torch.where(keep, torch.cumsum(keep, 0) - 1, -1)  # (n,) the id among the kept objects
+    return out, torch.cat([kept_id, torch.tensor([-1])])[labels].view(B, H, W)  # labels -1 -> the appended -1
 
 
 def match_shapes(labels, image, x0, y0, w, h):
@@ -291,6 +296,26 @@ def mismatched_parts(images):
     check_images(images)
     o = find_objects(images.detach().float().cpu().clamp(0, 1))
     return torch.zeros(len(images), dtype=torch.bool).index_fill_(0, o["image"][o["shape"] == BLOB], True)
+
+
+@torch.no_grad()
+def blamed_tokens(images, prompts, grid):
+    """(B, 3, H, H) images and B prompts -> (B, grid * grid) bool: the tokens (grid x grid patches, row-major) that
+    hold a pixel of an object no reading of the prompt can use: a blob, or a colour and shape the prompt does not
+    name. The rest of a failure (too few objects, one too many of a named kind, the wrong side) is no one
+    object's fault and is not blamed. For per-object credit in RL (grpo.object_advantages; beyond the papers)."""
+    prompts = prompt_list(prompts)
+    check_images(images, len(prompts))
+    H = images.shape[-1]
+    if grid < 1 or H % grid:
+        raise ValueError(f"grid must divide the image side {H}, got {grid}")
+    if not prompts:
+        return torch.zeros(0, grid * grid, dtype=torch.bool)
+    want, _ = _prompt_table(prompts)  # (B, 4 colours, 3 shapes + blob); the blob column is always 0
+    o, owner = find_objects(images.detach().float().cpu().clamp(0, 1), pixels=True)  # owner (B, H, W)
+    bad = want[o["image"], o["color"], o["shape"]] == 0  # (n,) a blob, or a kind the prompt never names
+    pix = torch.cat([bad, torch.tensor([False])])[owner]  # (B, H, W); owner -1 -> the appended False
+    return F.max_pool2d(pix[:, None].float(), H // grid)[:, 0].flatten(1) > 0
 
 
 ANY_MISMATCH = "any mismatched part"  # not a first reason: the share of samples that hold a blob at all

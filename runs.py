@@ -29,7 +29,7 @@ STAGE_FIELDS = {
                  "weight_decay", "prompt_drop"],
     "eval_pretrain": ["sample_steps", "cfg_scale", "temperature", "choice_temperature", "order"],
     "rl": ["rl_updates", "rl_prompts", "group_size", "rl_lr", "rl_mu", "rl_estimator", "rl_mask_floor", "rl_steps",
-           "rl_k", "rl_tokens", "rl_routing", "rl_mode", "rl_per_sample", "rl_pool", "clip_eps", "beta"],
+           "rl_k", "rl_tokens", "rl_routing", "rl_credit", "rl_mode", "rl_per_sample", "rl_pool", "clip_eps", "beta"],
     "eval_rl": [],
     "shortcut": ["sc_steps", "sc_budgets", "sc_eval", "sc_prompts", "sc_iters", "sc_batch", "sc_lr", "sc_width",
                  "sc_unroll", "sc_uncond",

@@ -219,7 +219,11 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     VQCodebook.encode/decode bring its codes to the tokens' device)."""
     prompts = world.sample_prompts(cfg.rl_prompts // dist.world(), g_prompts)  # torchrun: this rank's share
     flat_prompts = [p for p in prompts for _ in range(cfg.group_size)]
-    score = lambda tok: rewards.reward(vq.decode(tok).cpu(), flat_prompts)
+    def score(tok):  # rewards (B,); with per-object credit also the blamed tokens (B, N)
+        images = vq.decode(tok).cpu()
+        r = rewards.reward(images, flat_prompts)
+        grid = cfg.image_size // cfg.patch  # tokens a side
+        return r if cfg.rl_credit == "sample" else (r, rewards.blamed_tokens(images, flat_prompts, grid))
     dev = next(model.parameters()).device
     kw = dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
               choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode)

@@ -111,6 +111,47 @@ def test_grpo_loss_matches_a_direct_computation():
         grpo_loss(logp, old, ref, adv[:1], mask)
 
 
+def test_object_advantages_and_per_token_advantages_by_hand():
+    """Per-object credit: a blamed token gets at most -1, whatever its sample's advantage; grpo_loss takes the
+    (B, N) advantages per token, over the steps of a (B, S, N) batch alike."""
+    adv = torch.tensor([1.5, -2.0, 0.0])
+    blamed = torch.tensor([[True, False], [True, False], [False, True]])
+    A = grpo.object_advantages(adv, blamed)
+    assert A.tolist() == [[-1.0, 1.5], [-2.0, -2.0], [0.0, -1.0]]
+    with pytest.raises(ValueError, match="blamed must be"):
+        grpo.object_advantages(adv, blamed[:2])
+    logp = torch.tensor([[-1.0, -2.0], [-0.3, -1.5], [-0.7, -0.2]])
+    old, ref = logp - 0.1, logp + 0.05  # rho = e^0.1, inside the clip range: the surrogate is -rho * A
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    loss, _ = grpo_loss(logp, old, ref, A, mask, beta=0.0)
+    assert abs(loss.item() - (-math.exp(0.1) * A.sum().item() / 6)) < 1e-6
+    assert torch.allclose(grpo_loss(logp, old, ref, adv[:, None].expand(3, 2), mask)[0],
+                          grpo_loss(logp, old, ref, adv, mask)[0])  # a constant row is the per-sample advantage
+    steps = lambda x: torch.stack([x, x - 0.5], 1)  # (B, 2 steps, N)
+    loss2, _ = grpo_loss(steps(logp), steps(old), steps(ref), A, torch.stack([mask, mask], 1), beta=0.0)
+    assert abs(loss2.item() - loss.item()) < 1e-6  # the same advantage on both steps' tokens
+    with pytest.raises(ValueError, match="advantages must be"):
+        grpo_loss(logp, old, ref, A[:, :1], mask)
+
+
+def test_per_object_credit_pushes_blamed_tokens_down_where_rewards_are_flat():
+    """Every sample scores alike (advantage 0), so per-sample GRPO has nothing to learn; blaming the positions
+    that hold code 3 must still make code 3 rarer."""
+    m, ref = tiny_model(), tiny_model().requires_grad_(False)
+    ids = encode_prompts(["a red circle", "two blue squares"])
+    flat_and_blame = lambda tok: (torch.zeros(tok.shape[0]), tok == 3)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
+    conf = grpo.GRPOConfig(group_size=8, beta=0.0)
+    g = torch.Generator().manual_seed(0)
+    kw = dict(steps=4, cfg_scale=0.0, mode="stochastic")
+    share = lambda: (sample(m, ids.repeat_interleave(64, 0), generator=torch.Generator().manual_seed(1), **kw) == 3
+                     ).float().mean().item()
+    before = share()
+    log = [grpo.rl_step(m, ref, opt, ids, flat_and_blame, kw, conf, generator=g) for _ in range(15)]
+    assert before > 0.03 and share() < before / 2, (before, share())
+    assert log[0]["frac_reward_zero_std"] == 1.0 and 0 < log[0]["blamed"] < 1
+
+
 def tiny_model():
     torch.manual_seed(0)
     return MaskedTransformer(ModelConfig(codebook_size=16, n_tokens=16, d_model=32, n_layers=1, n_heads=2)).eval()

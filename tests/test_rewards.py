@@ -149,6 +149,30 @@ def test_failure_report_counts_every_mismatched_part():
     assert rep["counting"][R.ANY_MISMATCH] == 0.0  # no samples: 0, not an error
 
 
+def test_blamed_tokens_are_those_of_blobs_and_unnamed_objects():
+    """Per-object credit's map (8x8 tokens of 4x4 pixels at 32x32), on the generator's failures drawn by hand."""
+    H = 32
+    rc_bs = paint(paint(blank(H)[0], "red", "circle", 10, 10, 10), "blue", "square", 24, 10, 10)
+    bar = rc_bs.clone()
+    bar[:, 20:31, 4:7] = W.PALETTE[3][:, None, None]  # an 11x3 yellow bar: rows 20-30, columns 4-6
+    rc_gs = paint(paint(blank(H)[0], "red", "circle", 10, 10, 10), "green", "square", 24, 10, 10)
+    corner = paint(blank(H)[0], "red", "circle", 14, 14, 12)
+    corner[:, 8:12, 16:20] = W.PALETTE[0][:, None, None]  # a circle with a square corner: one red blob
+    two_rc = paint(paint(blank(H)[0], "red", "circle", 10, 10, 10), "red", "circle", 24, 24, 10)
+    imgs = torch.stack([rc_bs, bar, rc_gs, corner, two_rc])
+    prompts = ["a red circle and a blue square"] * 2 + ["a red circle", "a red circle", "three red circles"]
+    b = R.blamed_tokens(imgs, prompts, 8)
+    assert b.shape == (5, 64) and b.dtype == torch.bool
+    assert not b[0].any() and not b[4].any()  # all right; too few (no one object's fault)
+    assert b[1].nonzero()[:, 0].tolist() == [8 * 5 + 1, 8 * 6 + 1, 8 * 7 + 1]  # the bar's three tokens
+    pool = lambda mask: torch.nn.functional.max_pool2d(mask[None, None].float(), 4).flatten() > 0
+    assert torch.equal(b[2], pool((rc_gs - paint(blank(H)[0], "red", "circle", 10, 10, 10)).amax(0) > 0))  # green
+    assert torch.equal(b[3], pool(corner.amax(0) > 0))  # every token of the blob, its corner too
+    assert R.blamed_tokens(imgs[:0], [], 8).shape == (0, 64)
+    with pytest.raises(ValueError, match="grid must divide"):
+        R.blamed_tokens(imgs, prompts, 5)
+
+
 def test_specks_are_ignored_but_big_extra_blobs_count():
     img = paint(blank()[0], "green", "triangle", 12, 12, 10)
     speck = img.clone()
