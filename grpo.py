@@ -73,7 +73,7 @@ def object_advantages(advantages, blamed, floor=1.0):
     blamed (B, N) bool (rewards.blamed_tokens: the tokens of a blob or of an object the prompt never names) ->
     (B, N), each sample's own advantage on its tokens but at most -floor (a group std) on the blamed ones. So a
     blob is never reinforced in a sample that beats its group, and is pushed down where every sample of the
-    group scored alike (their advantage is 0)."""
+    group scored alike (their advantage is 0): a group's advantages no longer sum to zero."""
     if blamed.shape[0] != advantages.shape[0] or blamed.ndim != 2:
         raise ValueError(f"blamed must be (B, N) with B = {advantages.shape[0]}, got {tuple(blamed.shape)}")
     A = advantages[:, None].expand(blamed.shape)

@@ -246,7 +246,8 @@ def write_report(cfg, dev, vq_mse, res):
         lines += [acc_row("after RL", res["eval_rl"]), "", "## RL (GRPO)", "",
                   f"{cfg.rl_updates} updates x {cfg.rl_prompts} prompts x G={cfg.group_size}, estimator "
                   f"`{cfg.rl_estimator}`, rollouts `{cfg.rl_mode}`, steps {steps}, tokens "
-                  f"`{cfg.rl_tokens}`, routing `{cfg.rl_routing}`, mu={cfg.rl_mu}, lr {cfg.rl_lr}, beta {cfg.beta}: "
+                  f"`{cfg.rl_tokens}`, routing `{cfg.rl_routing}`, credit `{cfg.rl_credit}`, mu={cfg.rl_mu}, "
+                  f"lr {cfg.rl_lr}, beta {cfg.beta}: "
                   f"{rl['seconds']:.0f}s. Reward curve: `rl_reward.png`; before/after samples "
                   f"(same prompts and seeds): `samples_pretrain.png`, `samples_rl.png`."]
         if rl.get("curve"):

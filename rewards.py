@@ -301,9 +301,10 @@ def mismatched_parts(images):
 @torch.no_grad()
 def blamed_tokens(images, prompts, grid):
     """(B, 3, H, H) images and B prompts -> (B, grid * grid) bool: the tokens (grid x grid patches, row-major) that
-    hold a pixel of an object no reading of the prompt can use: a blob, or a colour and shape the prompt does not
-    name. The rest of a failure (too few objects, one too many of a named kind, the wrong side) is no one
-    object's fault and is not blamed. For per-object credit in RL (grpo.object_advantages; beyond the papers)."""
+    hold a pixel of an object no reading of the prompt can use: a blob, or a (colour, shape) pair the prompt never
+    names (a red square under "a red circle", though the reward gives it a quarter's partial credit). The rest of a
+    failure (too few objects, one too many of a named kind, the wrong side) is no one object's fault and is not
+    blamed. For per-object credit in RL (grpo.object_advantages; beyond the papers)."""
     prompts = prompt_list(prompts)
     check_images(images, len(prompts))
     H = images.shape[-1]

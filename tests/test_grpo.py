@@ -121,15 +121,17 @@ def test_object_advantages_and_per_token_advantages_by_hand():
     with pytest.raises(ValueError, match="blamed must be"):
         grpo.object_advantages(adv, blamed[:2])
     logp = torch.tensor([[-1.0, -2.0], [-0.3, -1.5], [-0.7, -0.2]])
-    old, ref = logp - 0.1, logp + 0.05  # rho = e^0.1, inside the clip range: the surrogate is -rho * A
-    mask = torch.ones(3, 2, dtype=torch.bool)
+    old = logp - torch.tensor([[0.1, -0.05], [0.02, 0.15], [-0.1, 0.08]])  # rho inside the clip range: -rho * A
+    ref = logp + 0.05
+    mask = torch.tensor([[True, True], [True, False], [True, True]])
     loss, _ = grpo_loss(logp, old, ref, A, mask, beta=0.0)
-    assert abs(loss.item() - (-math.exp(0.1) * A.sum().item() / 6)) < 1e-6
+    direct = -((logp - old).exp() * A * mask).sum() / mask.sum()
+    assert abs(loss.item() - direct.item()) < 1e-6
     assert torch.allclose(grpo_loss(logp, old, ref, adv[:, None].expand(3, 2), mask)[0],
                           grpo_loss(logp, old, ref, adv, mask)[0])  # a constant row is the per-sample advantage
-    steps = lambda x: torch.stack([x, x - 0.5], 1)  # (B, 2 steps, N)
-    loss2, _ = grpo_loss(steps(logp), steps(old), steps(ref), A, torch.stack([mask, mask], 1), beta=0.0)
-    assert abs(loss2.item() - loss.item()) < 1e-6  # the same advantage on both steps' tokens
+    steps = lambda x, d: torch.stack([x, x - d, x + d], 1)  # (B, 3 steps, N): the same ratios at every step
+    loss3, _ = grpo_loss(steps(logp, 0.5), steps(old, 0.5), steps(ref, 0.5), A, torch.stack([mask] * 3, 1), beta=0.0)
+    assert abs(loss3.item() - loss.item()) < 1e-6  # A[b, n] on token n of every step, not on step n
     with pytest.raises(ValueError, match="advantages must be"):
         grpo_loss(logp, old, ref, A[:, :1], mask)
 
@@ -274,14 +276,17 @@ def test_a_non_finite_loss_is_skipped_and_never_reaches_the_weights():
 @pytest.mark.parametrize("estimator,pool", [("remask", "step"), ("replay", "token"), ("maskgrpo", "token")])
 def test_micro_batches_give_the_same_update_as_one_batch(estimator, pool):
     """Gradient accumulation over micro-batches of 3 rollouts (8 = 3 + 3 + 2, uneven on purpose) leaves the same
-    weights and the same logged numbers as scoring all 8 at once: the pooling's weights come from the whole batch."""
+    weights and the same logged numbers as scoring all 8 at once: the pooling's weights come from the whole batch.
+    replay and maskgrpo with per-object credit: (B, N) advantages split by rows too."""
+    reward = lambda tok: (tok == 3).float().mean(1)
+    score = reward if estimator == "remask" else lambda tok: (reward(tok), tok == 5)
     results = []
     for micro in (0, 3):
         m, ref = tiny_model(), tiny_model().requires_grad_(False)
         opt = torch.optim.SGD(m.parameters(), lr=1.0)  # plain SGD: Adam would blow up float noise in tiny gradients
         conf = grpo.GRPOConfig(group_size=4, estimator=estimator, mu=2, pool=pool, micro_batch=micro)
         s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]),
-                         lambda tok: (tok == 3).float().mean(1), dict(steps=4, cfg_scale=2.0), conf, score_steps=2,
+                         score, dict(steps=4, cfg_scale=2.0), conf, score_steps=2,
                          generator=torch.Generator().manual_seed(0))
         results.append((m.state_dict(), s))
     (w0, s0), (w1, s1) = results
