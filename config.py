@@ -64,6 +64,7 @@ class Config:
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
     rl_credit: str = "sample"  # sample: one advantage a sample (the papers) | object: grpo.object_advantages
+    rl_blame: float = 1.0  # object credit: a blamed token's advantage is at most -rl_blame (0: never reinforced)
     rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus) | halton | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
     rl_micro_batch: int = 0  # rollouts per forward and backward when scoring (gradient accumulation; 0: all at once)
@@ -137,7 +138,7 @@ RANGES = [
     # group_size: advantages compare the samples of a prompt; sc_prompts: a training and a validation split
     ("at least 2", lambda v: v >= 2, "codebook_size group_size sc_prompts"),
     ("at least 0", lambda v: v >= 0, "warmup weight_decay cfg_scale choice_temperature rl_updates rl_mu "
-     "rl_micro_batch beta rl_eval_every "
+     "rl_micro_batch beta rl_blame rl_eval_every "
      "compare_updates sc_iters sc_width snapshot_secs"),
     ("above 0", lambda v: v > 0, "lr temperature rl_lr clip_eps sc_lr"),
     ("in [0, 1)", lambda v: 0 <= v < 1, "prompt_drop rl_mask_floor"),

@@ -243,8 +243,8 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
             tokens=None, generator=None, parallel=OneProcess):
     """One GRPO update round: rollouts, rewards, advantages, old and reference log-probs, conf.mu clipped updates.
 
-    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,), or (rewards, blamed (B, N) bool) for per-object credit
-    (object_advantages); sample_kwargs go to sample() (steps, cfg_scale,
+    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,), or (rewards, blamed (B, N) bool[, floor]) for
+    per-object credit (object_advantages); sample_kwargs go to sample() (steps, cfg_scale,
     temperature, mode, token_temperature). score_steps: "all", a number k (k random steps), or a callable
     traj -> a list of steps or a (B, S) tensor of steps per sample (focus.focus_steps); estimator "maskgrpo"
     chooses none (its mu masks take their place). tokens: None, or focus.gcpo_hooks' (pick_tokens, weigh_tokens):
@@ -256,11 +256,11 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
     ids = prompt_ids.repeat_interleave(conf.group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
     final, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
-    r, blamed = (lambda out: out if isinstance(out, tuple) else (out, None))(score(final))
+    r, blamed, *floor = (lambda out: out if isinstance(out, tuple) else (out, None))(score(final))
     r = r.to(final.device)  # (B,)
     adv, flat = group_advantages(r, conf.group_size)
     if blamed is not None:  # per-object credit: (B,) -> (B, N)
-        adv = object_advantages(adv, blamed.to(final.device))
+        adv = object_advantages(adv, blamed.to(final.device), *floor)
     B, N = final.shape
     if conf.estimator == "maskgrpo":
         chosen, masks = None, ratio_masks(B, N, conf.mu, generator, final.device, conf.mask_floor)  # (B, mu, N)

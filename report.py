@@ -279,9 +279,10 @@ def write_report(cfg, dev, vq_mse, res):
     if "compare" in res:
         ck = res["compare"]
         lines += ["", "## Critical steps and tokens (focus.py), from the same pretrained weights", "",
-                  f"{ck['updates']} updates per run, {ck['seeds']} seeds, accuracy on {ck['n_eval']} held-out prompts "
-                  f"(1 sample each), k={cfg.rl_k} of T={cfg.sample_steps}. Curves: `compare.png`; one trajectory with "
-                  f"its critical steps: `critical_steps.png`.", ""] + compare_table(ck)
+                  f"{ck['updates']} updates per run, {ck['seeds']} seeds, accuracy on {ck['n_eval']} samples of the "
+                  f"evaluation set, k={cfg.rl_k} of T={cfg.sample_steps}, credit `{cfg.rl_credit}`. Curves: "
+                  "`compare.png`; one trajectory with its critical steps: `critical_steps.png`.", ""]
+        lines += compare_table(ck)
     if "shortcut" in res:
         sc = res["shortcut"]
         steps = runs.shortcut_setting(sc, cfg)[0]

@@ -222,8 +222,9 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     def score(tok):  # rewards (B,); with per-object credit also the blamed tokens (B, N)
         images = vq.decode(tok).cpu()
         r = rewards.reward(images, flat_prompts)
-        grid = cfg.image_size // cfg.patch  # tokens a side
-        return r if cfg.rl_credit == "sample" else (r, rewards.blamed_tokens(images, flat_prompts, grid))
+        if cfg.rl_credit == "sample":
+            return r
+        return r, rewards.blamed_tokens(images, flat_prompts, cfg.image_size // cfg.patch), cfg.rl_blame
     dev = next(model.parameters()).device
     kw = dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
               choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode)

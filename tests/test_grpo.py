@@ -118,6 +118,7 @@ def test_object_advantages_and_per_token_advantages_by_hand():
     blamed = torch.tensor([[True, False], [True, False], [False, True]])
     A = grpo.object_advantages(adv, blamed)
     assert A.tolist() == [[-1.0, 1.5], [-2.0, -2.0], [0.0, -1.0]]
+    assert grpo.object_advantages(adv, blamed, 0.0).tolist() == [[0.0, 1.5], [-2.0, -2.0], [0.0, 0.0]]  # not reinforced
     with pytest.raises(ValueError, match="blamed must be"):
         grpo.object_advantages(adv, blamed[:2])
     logp = torch.tensor([[-1.0, -2.0], [-0.3, -1.5], [-0.7, -0.2]])
