@@ -4,7 +4,7 @@ function another project can copy.
 
   group_advantages  z-score of rewards inside each group of G samples of one prompt
   object_advantages per-object credit (beyond the papers, off by default): a token of a blob or of an
-                    object the prompt never names gets at most -1, whatever its sample's advantage
+                    object the prompt never names gets at most -GRPOConfig.blame, whatever its sample's advantage
   replay_logp       the exact policy log-prob: re-run the model on the recorded input state
                     of a step (with the sampler's CFG and temperature) and score the tokens
                     committed there; only CFG's conditional branch takes the gradient
@@ -180,10 +180,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, weights=None, clip_eps
         raise ValueError(f"logp is {shape}, so advantages must be (B,) = {shape[:1]} or (B, N) = "
                          f"{(shape[0], shape[-1])}, got {tuple(advantages.shape)}")
     mask = mask.float()
-    if advantages.ndim == 1:
-        A = advantages.view(-1, *([1] * (logp.ndim - 1)))  # broadcast over the token dims
-    else:
-        A = advantages if logp.ndim == 2 else advantages[:, None]  # (B, N) -> (B, 1, N): over the steps
+    A = advantages if advantages.ndim == 2 else advantages[:, None]  # (B, N), or (B, 1): over the tokens
+    A = A[:, None] if logp.ndim == 3 else A  # and over the steps
     rho = torch.exp(logp - old_logp)
     surrogate = -torch.minimum(rho * A, rho.clamp(1 - clip_eps, 1 + clip_eps) * A)
     surrogate = surrogate if weights is None else surrogate * weights
@@ -228,6 +226,7 @@ class GRPOConfig:
     beta: float = 0.01  # the k3 KL's weight
     pool: str = "token"  # grpo_loss's pooling: token | step (MaskFocus)
     max_grad_norm: float = 1.0
+    blame: float = 1.0  # per-object credit (a score that also returns blamed tokens): their advantage <= -blame
     micro_batch: int = 0  # rollouts per forward and backward, the gradient accumulated (0: all at once; same update)
 
 
@@ -243,8 +242,8 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
             tokens=None, generator=None, parallel=OneProcess):
     """One GRPO update round: rollouts, rewards, advantages, old and reference log-probs, conf.mu clipped updates.
 
-    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,), or (rewards, blamed (B, N) bool[, floor]) for
-    per-object credit (object_advantages); sample_kwargs go to sample() (steps, cfg_scale,
+    prompt_ids (P, L); score(tokens (B, N)) -> rewards (B,), or (rewards, blamed (B, N) bool) for per-object
+    credit (object_advantages, at conf.blame); sample_kwargs go to sample() (steps, cfg_scale,
     temperature, mode, token_temperature). score_steps: "all", a number k (k random steps), or a callable
     traj -> a list of steps or a (B, S) tensor of steps per sample (focus.focus_steps); estimator "maskgrpo"
     chooses none (its mu masks take their place). tokens: None, or focus.gcpo_hooks' (pick_tokens, weigh_tokens):
@@ -256,11 +255,12 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
     ids = prompt_ids.repeat_interleave(conf.group_size, 0)  # (P*G, L): a prompt's samples are contiguous
     model.eval()
     final, traj = sample(model, ids, generator=generator, record=True, **sample_kwargs)
-    r, blamed, *floor = (lambda out: out if isinstance(out, tuple) else (out, None))(score(final))
+    out = score(final)
+    r, blamed = out if isinstance(out, tuple) else (out, None)
     r = r.to(final.device)  # (B,)
     adv, flat = group_advantages(r, conf.group_size)
     if blamed is not None:  # per-object credit: (B,) -> (B, N)
-        adv = object_advantages(adv, blamed.to(final.device), *floor)
+        adv = object_advantages(adv, blamed.to(final.device), conf.blame)
     B, N = final.shape
     if conf.estimator == "maskgrpo":
         chosen, masks = None, ratio_masks(B, N, conf.mu, generator, final.device, conf.mask_floor)  # (B, mu, N)

@@ -224,7 +224,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
         r = rewards.reward(images, flat_prompts)
         if cfg.rl_credit == "sample":
             return r
-        return r, rewards.blamed_tokens(images, flat_prompts, cfg.image_size // cfg.patch), cfg.rl_blame
+        return r, rewards.blamed_tokens(images, flat_prompts, cfg.image_size // cfg.patch)
     dev = next(model.parameters()).device
     kw = dict(steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, temperature=cfg.temperature,
               choice_temperature=cfg.choice_temperature, mode=cfg.rl_mode)
@@ -236,7 +236,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
         steps = cfg.rl_k
     conf = grpo.GRPOConfig(group_size=cfg.group_size, mu=cfg.rl_mu, estimator=cfg.rl_estimator,
                            mask_floor=cfg.rl_mask_floor, clip_eps=cfg.clip_eps, beta=cfg.beta, pool=cfg.rl_pool,
-                           micro_batch=cfg.rl_micro_batch)
+                           micro_batch=cfg.rl_micro_batch, blame=cfg.rl_blame)
     hooks = focus.gcpo_hooks(cfg.group_size, vq.codes) if tokens == "critical" else None
     s = grpo.rl_step(model, ref, opt, encode_prompts(prompts).to(dev), score, kw, conf, score_steps=steps,
                      tokens=hooks, generator=g, parallel=dist)
