@@ -384,8 +384,19 @@ def test_compare_resumes_after_a_crash(tmp_path, monkeypatch, capsys):
     assert not os.path.exists(os.path.join(out, "compare.partial.pt"))
 
 
-def test_rl_held_out_curve_leaves_the_rl_result_unchanged(tmp_path):
-    """rl_eval_every samples with its own generator: the weights after RL are the same with or without it."""
+def test_rl_held_out_curve_leaves_the_rl_result_unchanged(tmp_path, monkeypatch):
+    """rl_eval_every samples with its own generator: the weights after RL are the same with or without it.
+    Its evaluations are not RL's time: on train.py's clock each one here takes 1000 s, and RL's seconds stay below."""
+    class Clock:  # train.py's time module, as it reads the clock
+        offset = 0.0
+        def time(self):
+            return time.time() + self.offset
+    clock, held_out = Clock(), train.held_out_accuracy
+    def slow_held_out(*args):
+        clock.offset += 1000.0
+        return held_out(*args)
+    monkeypatch.setattr(train, "time", clock)
+    monkeypatch.setattr(train, "held_out_accuracy", slow_held_out)
     res = {}
     for every in (0, 1):
         res[every] = train.main(["--preset", "tiny", "--out", str(tmp_path / f"e{every}"), "--sc-iters", "0",
@@ -395,6 +406,7 @@ def test_rl_held_out_curve_leaves_the_rl_result_unchanged(tmp_path):
     for k, v in res[0]["state"].items():
         assert torch.equal(v, res[1]["state"][k]), k
     assert [x["reward"] for x in res[0]["log"]] == [x["reward"] for x in res[1]["log"]]
+    assert clock.offset == 4000.0 and res[1]["seconds"] < 1000 and all(x["seconds"] < 1000 for x in res[1]["log"])
 
 
 @pytest.mark.parametrize("stage, crash_at", [("pretrain", 17), ("rl", 2)])
