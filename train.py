@@ -284,11 +284,9 @@ def stage_rl(cfg, model, vq, data, dev):
         start, log, curve, eval_seconds = snap["done"], snap["log"], snap["curve"], snap["eval_seconds"]
         t0 -= snap["seconds"]
         restore(snap, model=model, opt=opt, g_prompts=g_prompts, g=g)
-    elif cfg.rl_eval_every:  # the curve's first point; like every held-out evaluation, not RL's time
-        curve = [(0, held_out_accuracy(cfg, model, vq, held, dev))]
+    else:  # the curve's first point: like every held-out evaluation, not RL's time
+        curve = [(0, held_out_accuracy(cfg, model, vq, held, dev))] if cfg.rl_eval_every else []
         eval_seconds = time.time() - t0
-    else:
-        curve = []
     t_snap = time.time()
     bar = tqdm(range(start, cfg.rl_updates), desc="rl", initial=start, total=cfg.rl_updates)
     for u in bar:
