@@ -7,7 +7,8 @@ three switches:
   random k                             k random steps per update
   focus k                              MaskFocus's k critical steps (largest information gain)
   focus k + critical tokens            and GCPO's 30% critical tokens with dynamic weights
-  focus k + critical tokens + routing  and MaskFocus's entropy-routed rollouts
+  focus k + critical tokens + routing  and MaskFocus's entropy-routed rollouts (it changes the rollout policy,
+                                       so it needs --rl-estimator remask; left out under replay, the default)
 
     python compare.py --out DIR --rl-updates 0 --sc-iters 0 --compare-updates 60
         # train.py's stages (finished ones skipped), then every variant x --compare-seeds 3, 60 updates each
@@ -38,10 +39,12 @@ VARIANTS = [  # name, steps, tokens, routing (train.rl_update's three switches)
 ]
 
 
-def pick_variants(spec):
-    """'' -> all VARIANTS; '1,2' -> those (indices), refusing anything else with a clear message."""
+def pick_variants(spec, estimator="remask"):
+    """'' -> every variant the estimator can run (entropy routing changes the rollout policy, so it needs the
+    remask estimator: under replay it is left out); '1,2' -> those (indices), refusing anything else with a clear
+    message."""
     if not spec:
-        return VARIANTS
+        return [v for v in VARIANTS if estimator != "replay" or v[3] == "off"]
     try:
         return [VARIANTS[int(i)] for i in spec.split(",")]
     except (ValueError, IndexError):
@@ -64,10 +67,7 @@ def stage_compare(cfg, vq, data, dev):
     acc = lambda m: held_out_accuracy(cfg, m, vq, prompts, dev)
     model.load_state_dict(pre_state)
     acc0 = acc(model)
-    variants = pick_variants(cfg.compare_variants)
-    if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
-        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. "
-                         "--compare-variants 0,1,2,3")
+    variants = pick_variants(cfg.compare_variants, cfg.rl_estimator)
     for seed in range(cfg.compare_seeds):  # seed-major: a run stopped early still compares every variant
         for name, steps, tokens, routing in variants:
             if any(r["variant"] == name and r["seed"] == seed for r in runs):
@@ -109,7 +109,12 @@ def write_critical_steps(cfg, model, vq, dev):
 def main(argv=None):
     """train.py's stages, then the comparison; its settings are checked before any work starts."""
     cfg = parse_config(argv, __doc__)
-    pick_variants(cfg.compare_variants)  # a bad list stops the run now, not after pretraining
+    variants = pick_variants(cfg.compare_variants, cfg.rl_estimator)  # a bad list stops the run now, not later
+    if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
+        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. "
+                         "--compare-variants 0,1,2,3")
+    if len(variants) < len(VARIANTS) and not cfg.compare_variants:
+        print("[compare] the replay estimator: entropy routing (it needs --rl-estimator remask) is left out")
     if not (cfg.compare_updates or cfg.rl_updates):
         raise SystemExit("the comparison needs --compare-updates (or --rl-updates) above 0")
     if cfg.rl_estimator == "maskgrpo":

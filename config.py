@@ -36,7 +36,7 @@ class Config:
     n_layers: int = 4
     n_heads: int = 4
     # pretraining (training scenes are rendered on the fly: unlimited fresh data)
-    pretrain_steps: int = 1000
+    pretrain_steps: int = 1800  # about 6.5 minutes on 2 CPU cores: a base that draws (docs/FINDINGS.md, 18)
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 100
@@ -47,7 +47,7 @@ class Config:
     cfg_scale: float = 2.0  # w in uncond + w (cond - uncond); 0 turns CFG off (one conditional pass)
     temperature: float = 0.8
     choice_temperature: float = 4.5
-    order: str = "confidence"  # the evaluation's commit order: confidence (MaskGIT) | halton (sample.py)
+    order: str = "spread"  # the evaluation's commit order: spread (MaskGIT's, apart) | confidence (MaskGIT) | halton
     eval_prompts: int = 400  # fixed, seeded, balanced over the four categories
     eval_samples: int = 2  # samples per prompt
     eval_batch: int = 400
@@ -57,15 +57,15 @@ class Config:
     group_size: int = 8  # samples per prompt (G)
     rl_lr: float = 1e-4
     rl_mu: int = 0  # inner updates per rollout batch; 0: the estimator's own (maskgrpo 6, MaskGRPO's; else 1)
-    rl_estimator: str = "remask"  # remask (MaskFocus) | replay | maskgrpo (its mask-ratio schedule; no steps chosen)
+    rl_estimator: str = "replay"  # replay (the sampler's commits) | remask (MaskFocus) | maskgrpo (MaskGRPO's masks)
     rl_mask_floor: float = 0.6  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999) (MaskGRPO: 0.6)
     rl_pool: str = "token"  # token: one mean over every scored token | step: a mean per step, then over steps
-    rl_steps: str = "focus"  # all | random | focus (focus.py: MaskFocus's critical steps; compare.py)
+    rl_steps: str = "random"  # all | random | focus (focus.py: MaskFocus's critical steps; compare.py)
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
     rl_credit: str = "sample"  # sample: one advantage a sample (the papers) | object: grpo.object_advantages
     rl_blame: float = 1.0  # object credit: a blamed token's advantage is at most -rl_blame (0: never reinforced)
-    rl_mode: str = "confidence"  # rollout sampler: confidence (MaskGIT, as MaskFocus) | halton | stochastic (MaskGRPO)
+    rl_mode: str = "spread"  # rollouts: spread | confidence (MaskGIT; MaskFocus) | halton | stochastic (MaskGRPO)
     rl_k: int = 4  # scored steps when rl_steps is random or focus
     rl_micro_batch: int = 0  # rollouts per forward and backward when scoring (gradient accumulation; 0: all at once)
     rl_per_sample: bool = False  # focus: each sample's own k critical steps instead of the batch's
@@ -81,8 +81,8 @@ class Config:
     sweep_steps: str = ""  # comma-separated T, e.g. 4,6,8,12,16,32; empty: off
     # shortcut (shortcut.py), trained after RL on the final model's trajectories; sc_iters 0 skips it
     sc_steps: int = 32  # sampling steps of the shortcut's trajectories and table (MIGM-Shortcut's MaskGIT runs: 32)
-    sc_budgets: str = "8,10,12"  # base-model calls per image in the table (the paper's MaskGIT runs: 12 of 32)
-    sc_eval: int = 400  # evaluation samples the table scores (an even spread of the evaluation set)
+    sc_budgets: str = "10,12"  # base-model calls per image in the table (the paper's MaskGIT runs: 12 of 32)
+    sc_eval: int = 256  # evaluation samples the table scores (an even spread of the evaluation set)
     sc_prompts: int = 256  # trajectories (x2 with CFG)
     sc_iters: int = 1500
     sc_batch: int = 64
@@ -108,7 +108,7 @@ PRESETS = {
                  rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2,
                  compare_eval_prompts=8,
                  sc_steps=8, sc_budgets="2,4", sc_eval=16, sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
-    "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 20 minutes on 2 cores
+    "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
     # MaskGIT's 16x16 = 256-token grid (64x64 px, 4x4 patches; objects of 16-24 px span 4x4 to 6x6 tokens) in
     # T = 12 steps: 21 tokens per step. Lengths by FLOP count, for at most 5 minutes on one H200 at an assumed 25%
     # of 790 bf16 TFLOP/s = 198 TFLOP/s. A forward pass of one sequence (8 words + 256 tokens, d 256, 6 layers:
@@ -128,7 +128,7 @@ PRESETS = {
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
            "rl_estimator": ["remask", "replay", "maskgrpo"], "rl_steps": ["all", "random", "focus"],
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"], "rl_credit": ["sample", "object"],
-           "rl_mode": ["stochastic", "confidence", "halton"], "order": ["confidence", "halton"],
+           "rl_mode": ["stochastic", "confidence", "spread", "halton"], "order": ["confidence", "spread", "halton"],
            "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
 
 # the range every numeric field must lie in, checked before any work starts (a zero batch once trained nothing)

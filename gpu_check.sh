@@ -14,7 +14,8 @@
 #      stage's seconds, and its pretraining table gives the model TFLOP/s and MFU
 #   3. python shortcut.py --prompt ... --n B for B in $SWEEP: vanilla vs the shortcut at half the base calls,
 #      CUDA-event ms/image at each batch (the table in report.md is at the preset's sc_bench_batch)
-#   4. python compare.py --preset gpu --compare-seeds 1: the five focus.py variants on one seed
+#   4. python compare.py --preset gpu --compare-seeds 1: the focus.py variants on one seed (four: routing needs
+#      the remask estimator, and the default is replay)
 # Stopping loses at most `--snapshot-secs` of a stage: a rerun on the same machine (whose ignored out/ is kept
 # while it stays warm) skips finished stages and resumes the unfinished one from its snapshot, so the same
 # command, repeated, goes on where the last one stopped. Whatever happens, $OUT ends up holding gpu.log (all

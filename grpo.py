@@ -22,16 +22,17 @@ function another project can copy.
                     clipped updates; focus.py chooses the steps and the tokens through two arguments,
                     data parallelism plugs in through one (train.py hands it dist.py)
 
-What the policy gradient sees. With MaskGIT confidence rollouts (train.py's default, as MaskFocus),
-a step samples a token at every masked position and then keeps the most confident ones (a Gumbel
-top-k). Every estimator here scores the log-prob of the *tokens*; *which positions* were committed
-is a second decision, and it gets no gradient. MaskGRPO's stochastic sampler (mode="stochastic")
-reveals each position with a fixed probability, independent of the tokens, so it has no such gap;
-so does the Halton order (mode="halton"), where the positions are fixed before sampling.
+What the policy gradient sees. With MaskGIT confidence rollouts (as MaskFocus; train.py's spread order
+is the same with a step's uncertain tokens kept apart), a step samples a token at every masked position
+and then keeps the most confident ones (a Gumbel top-k). Every estimator here scores the log-prob of
+the *tokens*; *which positions* were committed is a second decision, and it gets no gradient.
+MaskGRPO's stochastic sampler (mode="stochastic") reveals each position with a fixed probability,
+independent of the tokens, so it has no such gap; so does the Halton order (mode="halton"), where
+the positions are fixed before sampling.
 
 Simplified versus the paper (honest list):
   - no LoRA: the whole (small) model is trained;
-  - the default estimator ("remask") is MaskFocus's, the mask count of a chosen sampling step, counted
+  - estimator="remask" is MaskFocus's, the mask count of a chosen sampling step, counted
     before the step (MaskFocus's code counts those still masked after it: at T=12 and 64 tokens, steps 1-4
     score 63, 61, 59, 55 positions here against its 61, 59, 55, 50), a fresh mask per sample (its code
     shares one);
@@ -40,8 +41,9 @@ Simplified versus the paper (honest list):
   - the loss on a masked position is plain log-prob, with no 1/t ELBO weighting (as the paper);
   - advantages use the unbiased group std (as both papers' code) with eps 1e-4 (MaskFocus;
     MaskGRPO uses 1e-5);
-  - rollouts default to MaskGIT confidence sampling in train.py (what evaluation uses, as
-    MaskFocus does); MaskGRPO's stochastic sampler is sample(mode="stochastic");
+  - train.py's default is neither paper's: the replay estimator on 4 random steps, rollouts in the
+    evaluation's spread order (sample.py), which measured better here (docs/FINDINGS.md, section 18);
+    MaskGRPO's stochastic sampler is sample(mode="stochastic");
   - replay_logp detaches CFG's unconditional branch: the value is the guided policy's, but only the
     conditional branch learns (back-propagating through both would train the null prompt with
     coefficient -(w - 1), away from rewarded tokens); remask scores without CFG, as MaskGRPO.

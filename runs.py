@@ -43,7 +43,8 @@ COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "c
 
 def stage_config(cfg, stage):
     if stage == "sweep":  # the evaluation settings at other step counts, of both models, in both orders
-        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps, orders="confidence,halton")
+        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps,
+                    orders=",".join(dict.fromkeys([cfg.order, "confidence", "halton"])))  # train.sweep_orders
     if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
         return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
     names = []
@@ -53,14 +54,17 @@ def stage_config(cfg, stage):
             fields = {k: getattr(cfg, k) for k in names}
             if s not in ("data", "codebook", "pretrain"):  # from the evaluation on, the verifier scored it
                 fields["verifier"] = rewards.VERSION
+            if s == "shortcut":  # the order its trajectories and table sample in (once always confidence)
+                fields["sc_order"] = cfg.order
             return fields
     raise KeyError(stage)
 
 
 # a key newer than a checkpoint counts as what the code did before it existed: a Config field's default, the
 # first verifier (rewards.VERSION), a shortcut stage that ran at the evaluation's steps (no value matches it) and
-# a parallelism table in the confidence order only
-BEFORE = dict(DEFAULTS, verifier=1, sc_steps=None, sc_budgets=None, sc_eval=None, orders="confidence")
+# in the confidence order, and a parallelism table in the confidence order only
+BEFORE = dict(DEFAULTS, verifier=1, sc_steps=None, sc_budgets=None, sc_eval=None, orders="confidence",
+              sc_order="confidence")
 
 
 def config_of(ck):

@@ -18,6 +18,15 @@ sampled at every masked position, and some of them are committed (kept for good)
               code: it also rewrites the tokens at every position revealed so far (here a committed token
               stays, as in MaskGIT); its sequence starts at point 1 (here 0: position (0, 0) first), takes
               the base-2 value as the row (here the column) and rolls the list only when asked (here always).
+  spread      MaskGIT's confidence order, but one step never commits two *uncertain* tokens (sampled with
+              probability below SURE) closer than half the grid's side (Chebyshev distance on the token grid;
+              4 of 8 here, farther than an object spans, at most 3/8 of the side): the best candidates are
+              taken greedily, and an uncertain pick rules out the uncertain ones near it for this step (when
+              too few are left, the best ruled-out ones fill up). So an object's parts are committed at
+              different steps, each seeing the ones before, and do not come from two guesses of where the
+              object lies; sure tokens (the background) are still committed side by side. Not in any of
+              the four papers; the Halton scheduler's reason (a step's tokens far apart) with confidence
+              still choosing which (docs/FINDINGS.md, section 18).
   stochastic  MaskGRPO's ancestral sampler (arXiv 2510.02880): every masked token is committed
               independently with probability (k_t - k_{t+1}) / k_t, k_t = cos(pi/2 * t/T).
               No confidence ordering, so rollouts are more diverse; the counts are random.
@@ -98,6 +107,35 @@ def commit_order(mode, B, N, generator, device):
     place[torch.tensor(halton_order(side))] = torch.arange(N)  # (N,) place of each position in the order
     offset = torch.randint(N, (B, 1), generator=generator, device=device)  # (B, 1)
     return (place.to(device) - offset) % N  # (B, N): the order starts at a random point of the list
+
+
+SURE = 0.9  # "spread": a token sampled with at least this probability may sit beside another of its step
+
+
+@functools.cache
+def near_positions(side, device):
+    """(N, N) bool on the side x side grid: positions closer than side // 2 in Chebyshev distance (itself too)."""
+    pos = torch.arange(side * side, device=device)
+    r, c = pos // side, pos % side  # (N,) row and column of each position
+    return torch.maximum((r[:, None] - r).abs(), (c[:, None] - c).abs()) < max(1, side // 2)
+
+
+def spread_top(conf, sure, n):
+    """The "spread" order's commits (B, N) bool: n positions per row, best conf (B, N) first (-inf: not a
+    candidate), skipping an uncertain one (~sure) near an uncertain one already taken (near_positions);
+    the best skipped candidates fill up when too few are left. A loop of n small steps, no host reads."""
+    B, N = conf.shape
+    if math.isqrt(N) ** 2 != N:
+        raise ValueError(f"the spread order needs a square token grid, got {N} tokens")
+    near, rows = near_positions(math.isqrt(N), str(conf.device)), torch.arange(B, device=conf.device)
+    taken, free = torch.zeros_like(sure), conf.clone()
+    for _ in range(n):
+        fill = conf.masked_fill(taken, -math.inf).argmax(1)  # (B,) the best candidate left, near or not
+        pick = torch.where(free.amax(1) > -math.inf, free.argmax(1), fill)  # (B,)
+        taken[rows, pick] = True
+        ruled_out = near[pick] & ~sure & ~sure[rows, pick, None]  # (B, N): uncertain, near an uncertain pick
+        free = free.masked_fill(ruled_out | taken, -math.inf)
+    return taken
 
 
 @dataclass
@@ -218,15 +256,18 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
         p = 1.0 if t == T - 1 else (k_now - k_next) / k_now
         committed = masked & (torch.rand(masked.shape, generator=generator, device=logits.device) < p)
     else:  # the n_commit masked positions that score highest
-        if mode == "confidence":  # the most confident, with Gumbel noise annealed to zero
+        if mode in ("confidence", "spread"):  # the most confident, with Gumbel noise annealed to zero
             conf = logp + choice_temperature * (1 - (t + 1) / T) * gumbel(logp.shape, generator, logits.device)
         elif mode == "halton" and order is not None:  # the earliest places in the fixed order
             conf = -order.float()
         else:
-            raise ValueError(f"mode must be 'confidence', 'halton' (with its commit_order) or 'stochastic', "
-                             f"got {mode!r}")
+            raise ValueError(f"mode must be 'confidence', 'spread', 'halton' (with its commit_order) or "
+                             f"'stochastic', got {mode!r}")
         conf = conf.masked_fill(~masked, -math.inf)  # known positions are never re-committed
-        committed = torch.zeros_like(masked).scatter_(1, conf.topk(n_commit, dim=1).indices, True)
+        if mode == "spread":
+            committed = spread_top(conf, logp > math.log(SURE), n_commit)
+        else:
+            committed = torch.zeros_like(masked).scatter_(1, conf.topk(n_commit, dim=1).indices, True)
     return torch.where(committed, tokens, state), committed, tokens, logp, entropy
 
 
@@ -281,7 +322,7 @@ if __name__ == "__main__":
     for name, kind, what in [("steps", int, "sampling steps T"), ("cfg-scale", float, "CFG scale"),
                              ("temperature", float, "")]:
         ap.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the run's)")
-    ap.add_argument("--mode", default="confidence", choices=["confidence", "halton", "stochastic"])
+    ap.add_argument("--mode", default="confidence", choices=["confidence", "spread", "halton", "stochastic"])
     ap.add_argument("--n", type=int, default=8, help="samples to draw of --prompt")
     ap.add_argument("--bench", action="store_true", help="print images/s at --batch instead (bench.py)")
     ap.add_argument("--batch", type=int, default=256)

@@ -173,16 +173,17 @@ def sample_with_shortcut(model, shortcut, prompt_ids, steps, budget, cfg_scale=0
 # ---- Training on the base model's trajectories
 
 @torch.no_grad()
-def collect(model, prompt_ids, steps, cfg_scale, temperature, choice_temperature, generator, batch=256):
-    """Base-model trajectories for the shortcut: feats (T, cP, N, D) (float16 to save memory), and for the
-    matching rows the input states and commits (T, cP, N) and which trajectory a row is (cP,). Both CFG
-    branches are rows (per batch the conditional ones first)."""
+def collect(model, prompt_ids, steps, cfg_scale, temperature, choice_temperature, generator, batch=256,
+            mode="confidence"):
+    """Base-model trajectories for the shortcut, sampled in commit order `mode`: feats (T, cP, N, D) (float16 to
+    save memory), and for the matching rows the input states and commits (T, cP, N) and which trajectory a row is
+    (cP,). Both CFG branches are rows (per batch the conditional ones first)."""
     out = dict(feats=[], states=[], committed=[], traj=[])
     c = 2 if cfg_scale else 1
     for i in tqdm(range(0, len(prompt_ids), batch), desc="trajectories", leave=False):
         ids = prompt_ids[i:i + batch]
         _, rec = sample_with_shortcut(model, None, ids, steps, steps, cfg_scale, temperature,
-                                      choice_temperature, generator=generator, record=True)
+                                      choice_temperature, mode, generator, record=True)
         out["feats"].append(rec["feats"].half())
         for k in ("states", "committed"):  # the same for both branches
             out[k].append(rec[k].repeat(1, c, 1))

@@ -191,16 +191,21 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
                                       rewards=r, failures=failures, n=len(prompts)))
 
 
+def sweep_orders(cfg):
+    """The parallelism table's commit orders: the evaluation's, then confidence and Halton (each once)."""
+    return list(dict.fromkeys([cfg.order, "confidence", "halton"]))
+
+
 def stage_sweep(cfg, models, vq, data, dev):
     """The parallelism table: the evaluation (same prompts, same seed) at each step count of --sweep-steps,
-    for each of `models` (name -> model), in both commit orders (MaskGIT's confidence, Halton's). Fewer steps
-    commit more tokens per step: MaskGIT's speed-quality trade-off, whether RL moves it, and whether spreading
-    a step's tokens over the image (Halton) makes fewer objects of mismatched parts."""
+    for each of `models` (name -> model), in the evaluation's commit order, MaskGIT's confidence and Halton's
+    (sweep_orders). Fewer steps commit more tokens per step: MaskGIT's speed-quality trade-off, whether RL moves
+    it, and whether keeping a step's tokens apart (spread, Halton) makes fewer objects of mismatched parts."""
     if (ck := load_stage(cfg, "sweep")) is not None:
         return ck
     rows = []
     for name, model in models.items():
-        for order in ("confidence", "halton"):
+        for order in sweep_orders(cfg):
             for T in tqdm(sweep_list(cfg.sweep_steps), desc=f"sweep {name}, {order}", leave=False):
                 t0 = time.time()
                 at = dataclasses.replace(cfg, sample_steps=T, order=order)
@@ -350,7 +355,8 @@ def stage_shortcut(cfg, model, vq, data, dev):
     g = torch.Generator(dev).manual_seed(dist.seed(cfg.seed + 6))  # sampling the trajectories
     g_cpu = torch.Generator().manual_seed(cfg.seed + 7)  # the training prompts and batches
     S, T, D = cfg.sc_steps, cfg.sample_steps, cfg.d_model
-    kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature)
+    kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
+              mode=cfg.order)  # the evaluation's sampler, trajectories and table alike
     t0 = time.time()
     ids = encode_prompts(world.sample_prompts(cfg.sc_prompts, g_cpu)[dist.share(cfg.sc_prompts)]).to(dev)
     if dist.rank():

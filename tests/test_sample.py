@@ -1,5 +1,6 @@
 import copy
 import itertools
+import math
 import time
 
 import pytest
@@ -10,7 +11,8 @@ from torch.overrides import TorchFunctionMode
 
 import bench
 from bench import cost, forward_flops, time_interleaved
-from sample import commit_counts, commit_order, halton_order, mask_counts, policy_logits, sample
+from sample import (commit_counts, commit_order, halton_order, mask_counts, near_positions, policy_logits, sample,
+                    spread_top)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("mode", ["confidence", "halton", "stochastic"])
+@pytest.mark.parametrize("mode", ["confidence", "spread", "halton", "stochastic"])
 def test_sampler_never_reads_values_back(model, mode):
     # every step's commit count is known from the schedule, so the loop queues work without waiting on it
     with HostReads() as spy:
@@ -62,7 +64,7 @@ def test_sampler_never_reads_values_back(model, mode):
     assert spy.seen == ["__int__"]
 
 
-@pytest.mark.parametrize("mode", ["confidence", "halton", "stochastic"])
+@pytest.mark.parametrize("mode", ["confidence", "spread", "halton", "stochastic"])
 def test_sampler_leaves_no_mask_and_trajectory_is_consistent(model, mode):
     ids = prompts(3)
     g = torch.Generator().manual_seed(0)
@@ -115,6 +117,36 @@ def test_halton_commits_each_position_once_in_its_rolled_order(model):
     again = sample(model, ids, T, cfg_scale=2.0, mode="halton", generator=torch.Generator().manual_seed(1))
     other = sample(model, ids, T, cfg_scale=2.0, mode="halton", generator=torch.Generator().manual_seed(2))
     assert torch.equal(tok, again) and not torch.equal(tok, other)
+
+
+def test_spread_keeps_a_steps_uncertain_commits_apart_by_hand():
+    # 4 x 4 grid: "near" is closer than 2, the 8 neighbours. Best candidates 0 (row 0, col 0), 1 (0, 1), 5 (1, 1),
+    # 10 (2, 2): 1 and 5 touch 0, so the second commit is 10; the confidence order would take 0 and 1
+    conf = torch.full((1, 16), -5.0)
+    conf[0, [0, 1, 5, 10]] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    unsure = torch.zeros(1, 16, dtype=torch.bool)
+    assert spread_top(conf, unsure, 2)[0].nonzero().flatten().tolist() == [0, 10]
+    assert spread_top(conf, unsure, 3)[0].nonzero().flatten().tolist() == [0, 2, 10]  # 2 is 2 columns from 0
+    sure = unsure.clone()
+    sure[0, 1] = True  # a sure token may sit beside the pick: back to the confidence order
+    assert spread_top(conf, sure, 2)[0].nonzero().flatten().tolist() == [0, 1]
+    only = torch.full((1, 16), -math.inf)
+    only[0, [0, 1]] = torch.tensor([2.0, 1.0])  # two candidates, both near: the ruled-out one fills up
+    assert spread_top(only, unsure, 2)[0].nonzero().flatten().tolist() == [0, 1]
+    near = near_positions(8, "cpu")  # 8 x 8: closer than 4
+    assert near[0, 27] and not near[0, 28] and not near[0, 32] and near.sum(1).max() == 49
+
+
+def test_spread_equals_confidence_order_when_every_token_is_sure():
+    g = torch.Generator().manual_seed(0)
+    conf = torch.randn(5, 64, generator=g)
+    top = torch.zeros(5, 64, dtype=torch.bool).scatter_(1, conf.topk(7, dim=1).indices, True)
+    assert torch.equal(spread_top(conf, torch.ones(5, 64, dtype=torch.bool), 7), top)
+    picked = spread_top(conf, torch.zeros(5, 64, dtype=torch.bool), 4)  # 4 points pairwise 4 apart fit on 8 x 8
+    near = near_positions(8, "cpu")
+    for row in picked:
+        idx = row.nonzero().flatten()
+        assert len(idx) == 4 and not (near[idx][:, idx] & ~torch.eye(4, dtype=torch.bool)).any()
 
 
 def test_sampler_is_reproducible(model):

@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import pytest
@@ -246,6 +247,8 @@ def test_the_shortcut_table_at_the_papers_setting():
     # MIGM-Shortcut's MaskGIT runs: 32 steps, 12 base calls, spread evenly
     assert sc.budget_steps(32, 12) == [0, 3, 5, 8, 11, 13, 16, 19, 21, 24, 27, 29]
     rows = train.shortcut_configs(config.Config())
-    assert rows[:4] == [("vanilla", 32, 32), ("vanilla", 8, 8), ("vanilla", 10, 10), ("vanilla", 12, 12)]
-    assert rows[4:10] == [(kind, 32, b) for kind in ("cache", "shortcut") for b in (8, 10, 12)]
-    assert rows[10:] == [("vanilla", 6, 6), ("shortcut", 12, 6)]  # vanilla 12 is there already: once
+    assert rows[:3] == [("vanilla", 32, 32), ("vanilla", 10, 10), ("vanilla", 12, 12)]
+    assert rows[3:7] == [(kind, 32, b) for kind in ("cache", "shortcut") for b in (10, 12)]
+    assert rows[7:] == [("vanilla", 6, 6), ("shortcut", 12, 6)]  # vanilla 12 is there already: once
+    rows = train.shortcut_configs(dataclasses.replace(config.Config(), sc_budgets="8,12"))
+    assert rows[:3] == [("vanilla", 32, 32), ("vanilla", 8, 8), ("vanilla", 12, 12)] and len(rows) == 9

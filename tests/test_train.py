@@ -79,13 +79,13 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
             assert shares["mismatched parts"] <= shares[rewards.ANY_MISMATCH] <= 1 - shares["ok"]
     text = open(os.path.join(out, "report.md")).read()
     assert "## Shortcut" in text and "| colours and shapes swapped |" in text
-    # the parallelism table: both models in both orders at each step count; at the evaluation's T and order it is
-    # the evaluation itself
+    # the parallelism table: both models in the evaluation's order (spread), confidence and Halton at each step
+    # count; at the evaluation's T and order it is the evaluation itself
     sweep = res["sweep"]["rows"]
     assert [(r["model"], r["order"], r["steps"]) for r in sweep] == [
-        (m, o, t) for m in ("pretrained", "after RL") for o in ("confidence", "halton") for t in (2, 4)]
-    assert sweep[1]["accuracy"] != sweep[3]["accuracy"] or sweep[1]["quality"] != sweep[3]["quality"]
-    for r, ev in ((sweep[1], res["eval_pretrain"]), (sweep[5], res["eval_rl"])):
+        (m, o, t) for m in ("pretrained", "after RL") for o in ("spread", "confidence", "halton") for t in (2, 4)]
+    assert sweep[3]["accuracy"] != sweep[5]["accuracy"] or sweep[3]["quality"] != sweep[5]["quality"]
+    for r, ev in ((sweep[1], res["eval_pretrain"]), (sweep[7], res["eval_rl"])):
         assert r["accuracy"] == ev["accuracy"] and abs(r["quality"] - ev["quality"]) < 1e-9
         assert abs(sum(r["failures"][m] for m in rewards.FAILURES) - 1) < 1e-6 and r["tokens_per_step"] == 16
     assert "## Parallel decoding: quality against the step count" in text and "| after RL | halton | 2 | 32.0 |" in text
@@ -99,10 +99,13 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     with pytest.raises(SystemExit, match="lr: checkpoint 0.003 vs now 0.002"):
         train.main(["--preset", "tiny", "--out", out, "--lr", "0.002"])
     assert not any(f.endswith(".tmp") for f in os.listdir(out))
-    # the focus comparison from the same checkpoints: every variant, one update, one seed
+    # the focus comparison from the same checkpoints: every variant the replay estimator can run (routing needs
+    # remask), one update, one seed
     res = compare.main(["--preset", "tiny", "--out", out, "--compare-seeds", "1", "--compare-updates", "1"])
     variant_runs = res["compare"]["runs"]
-    assert [r["variant"] for r in variant_runs] == [v[0] for v in compare.VARIANTS]
+    assert [r["variant"] for r in variant_runs] == [v[0] for v in compare.VARIANTS[:4]]
+    assert "entropy routing (it needs --rl-estimator remask) is left out" in capsys.readouterr().out
+    assert [v[0] for v in compare.pick_variants("", "remask")] == [v[0] for v in compare.VARIANTS]
     assert all(len(r["curve"]) == 2 and r["curve"][0][0] == 0 for r in variant_runs)  # before and after the update
     assert variant_runs[0]["score_fwd"] > variant_runs[1]["score_fwd"]  # all steps costs more than k of them
     for f in ["compare.png", "critical_steps.png"]:
@@ -480,7 +483,7 @@ def test_maskgrpo_runs_at_its_own_mu_unless_told():
 
 def test_rl_compute_counts_forward_equivalents_by_hand():
     # remask, k=4 of T=12, CFG 2, mu 1: rollout 12 x 2; per scored step old + reference + (forward + backward) = 5
-    cfg = dataclasses.replace(config.Config(), rl_mu=1)  # parse_config turns the default 0 into the estimator's own
+    cfg = dataclasses.replace(config.Config(), rl_mu=1, rl_estimator="remask")  # parse_config: 0 -> the estimator's
     assert train.rl_compute(cfg, 4) == dict(rollout_fwd=24, score_fwd=20)
     # replay scores the guided policy (x2 with CFG) and recorded the old one: reference + 3 per step
     assert train.rl_compute(dataclasses.replace(cfg, rl_estimator="replay"), 4)["score_fwd"] == 4 * 2 * 4
