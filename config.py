@@ -36,7 +36,7 @@ class Config:
     n_layers: int = 4
     n_heads: int = 4
     # pretraining (training scenes are rendered on the fly: unlimited fresh data)
-    pretrain_steps: int = 1800  # about 6.5 minutes on 2 CPU cores: a base that draws (docs/FINDINGS.md, 18)
+    pretrain_steps: int = 1800  # about 6 minutes on 2 CPU cores: a base that draws (docs/FINDINGS.md, 18)
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 100
@@ -76,8 +76,8 @@ class Config:
     compare_seeds: int = 3
     compare_updates: int = 0  # 0: rl_updates
     compare_eval_prompts: int = 200  # held-out samples for the accuracy curves (at most the evaluation's)
-    compare_variants: str = ""  # comma-separated indices into compare.VARIANTS (0-4); empty: all five
-    # the parallelism table: the evaluation at each of these step counts, pretrained and RL model, in both orders
+    compare_variants: str = ""  # comma-separated indices into compare.VARIANTS (0-4); empty: all (replay: 0-3)
+    # the parallelism table: the evaluation at each step count, pretrained and RL model, in each of sweep_orders
     sweep_steps: str = ""  # comma-separated T, e.g. 4,6,8,12,16,32; empty: off
     # shortcut (shortcut.py), trained after RL on the final model's trajectories; sc_iters 0 skips it
     sc_steps: int = 32  # sampling steps of the shortcut's trajectories and table (MIGM-Shortcut's MaskGIT runs: 32)
@@ -108,16 +108,16 @@ PRESETS = {
                  rl_updates=3, rl_eval_every=2, rl_prompts=2, group_size=4, rl_k=2, compare_seeds=2,
                  compare_eval_prompts=8,
                  sc_steps=8, sc_budgets="2,4", sc_eval=16, sc_prompts=16, sc_iters=20, sc_batch=16, sc_bench_batch=8),
-    "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 15 minutes on 2 cores
+    "cpu": dict(),  # the Config defaults: 64 tokens, 12 steps; the whole run about 13 minutes on 2 cores
     # MaskGIT's 16x16 = 256-token grid (64x64 px, 4x4 patches; objects of 16-24 px span 4x4 to 6x6 tokens) in
     # T = 12 steps: 21 tokens per step. Lengths by FLOP count, for at most 5 minutes on one H200 at an assumed 25%
     # of 790 bf16 TFLOP/s = 198 TFLOP/s. A forward pass of one sequence (8 words + 256 tokens, d 256, 6 layers:
     # 4.78M matmul weights) costs 2 x 4.78M x 264 + attention 4 x 6 x 264^2 x 256 = 2.95 GFLOP; training 3x, 8.9.
     #   pretraining 2000 steps x 256 x 8.9 = 4.56 PFLOP; evaluations 2 x 1600 images x 12 steps x 2 (CFG) x 2.95
-    #   = 0.23; RL 200 updates x 256 rollouts x (12 x 2 x 2.95 sampling + 4 scored steps x (8.9 policy + 2.95
-    #   reference + 2.95 old)) = 6.66; held-out 9 x 400 x 12 x 2 x 2.95 = 0.25; shortcut: collection 1024 x 32
-    #   x 2 x 2.95 and the table's 12 rows (134 base calls per image, x2 CFG) on 1600 images = 1.45. In all
-    #   13.2 PFLOP: 67 s at 198 TFLOP/s (5 minutes holds down to 6% MFU).
+    #   = 0.23; RL (replay) 200 updates x 256 rollouts x (12 x 2 x 2.95 sampling + 4 scored steps x 2 CFG branches
+    #   x (8.9 policy + 2.95 reference)) = 8.46; held-out 9 x 400 x 12 x 2 x 2.95 = 0.25; shortcut: collection
+    #   1024 x 32 x 2 x 2.95 and the table's 9 rows (110 base calls per image, x2 CFG) on 1600 images = 1.23. In
+    #   all 14.7 PFLOP: 74 s at 198 TFLOP/s (5 minutes holds down to 6% MFU).
     "gpu": dict(image_size=64, patch=4, grid=4, codebook_size=256, d_model=256, n_layers=6, n_heads=8,
                 pretrain_steps=2000, batch_size=256, lr=1.5e-3, warmup=100, eval_samples=4, eval_batch=1600,
                 rl_updates=200, rl_prompts=32, rl_micro_batch=64, rl_eval_every=25, compare_updates=100,
@@ -217,6 +217,11 @@ def parse_config(argv=None, description=None):
         if bad:
             ap.error(message)
     return cfg
+
+
+def sweep_orders(cfg):
+    """The parallelism table's commit orders: the evaluation's (when neither of the next two), confidence, Halton."""
+    return [o for o in (cfg.order,) if o not in ("confidence", "halton")] + ["confidence", "halton"]
 
 
 def sweep_list(spec):

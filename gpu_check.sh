@@ -12,7 +12,7 @@
 #      model) and the count of compiled calls that skipped CUDA graphs. Fresh weights: it needs no run.
 #   2. python train.py --preset gpu [$TRAIN_FLAGS, e.g. --compile]: every stage; report.md ends with each
 #      stage's seconds, and its pretraining table gives the model TFLOP/s and MFU
-#   3. python shortcut.py --prompt ... --n B for B in $SWEEP: vanilla vs the shortcut at half the base calls,
+#   3. python shortcut.py --prompt ... --n B for B in $SWEEP: vanilla vs the shortcut at its table's largest budget,
 #      CUDA-event ms/image at each batch (the table in report.md is at the preset's sc_bench_batch)
 #   4. python compare.py --preset gpu --compare-seeds 1: the focus.py variants on one seed (four: routing needs
 #      the remask estimator, and the default is replay)

@@ -330,7 +330,7 @@ if __name__ == "__main__":
     ap.add_argument("--ckpt", "--out", dest="ckpt", default="out", help="train.py's output folder")
     for name, kind, default in [("updates", int, 20), ("prompts", int, 8), ("group", int, 8), ("lr", float, 1e-4)]:
         ap.add_argument(f"--{name}", type=kind, default=default)
-    ap.add_argument("--estimator", default="remask", choices=["remask", "replay", "maskgrpo"])
+    ap.add_argument("--estimator", default=None, choices=["remask", "replay", "maskgrpo"], help="default: the run's")
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
     if min(args.updates, args.prompts) < 1 or args.group < 2:
@@ -345,6 +345,6 @@ if __name__ == "__main__":
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
         score = lambda tok: rewards.reward(vq.decode(tok).cpu(), prompts)
         s = rl_step(model, ref, opt, encode_prompts(prompts[::args.group]).to(dev), score, kw,
-                    GRPOConfig(group_size=args.group, estimator=args.estimator), generator=g)
+                    GRPOConfig(group_size=args.group, estimator=args.estimator or cfg.rl_estimator), generator=g)
         print(f"update {u}: reward {s['reward']:.3f} acc {s['accuracy']:.2f} kl {s['kl']:.4f} "
               f"clip {s['clip_ratio']:.2f} zero-std {s['frac_reward_zero_std']:.2f}")

@@ -18,7 +18,7 @@ import torch
 import dist
 import rewards
 import shortcut
-from config import DEFAULTS, Config, model_config, sweep_list
+from config import DEFAULTS, Config, model_config, sweep_list, sweep_orders
 from model import MaskedTransformer, VQCodebook
 
 # the config fields each stage's result depends on (its own and its inputs')
@@ -42,9 +42,8 @@ COMPARE_FIELDS = ["compare_seeds", "compare_updates", "compare_eval_prompts", "c
 
 
 def stage_config(cfg, stage):
-    if stage == "sweep":  # the evaluation settings at other step counts, of both models, in both orders
-        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps,
-                    orders=",".join(dict.fromkeys([cfg.order, "confidence", "halton"])))  # train.sweep_orders
+    if stage == "sweep":  # the evaluation settings at other step counts, of both models, in each of sweep_orders
+        return dict(stage_config(cfg, "rl"), sweep_steps=cfg.sweep_steps, orders=",".join(sweep_orders(cfg)))
     if stage == "compare":  # from the pretrained weights: depends on the RL settings, not on RL's result
         return dict(stage_config(cfg, "rl"), **{k: getattr(cfg, k) for k in COMPARE_FIELDS})
     names = []
@@ -61,15 +60,19 @@ def stage_config(cfg, stage):
 
 
 # a key newer than a checkpoint counts as what the code did before it existed: a Config field's default, the
-# first verifier (rewards.VERSION), a shortcut stage that ran at the evaluation's steps (no value matches it) and
-# in the confidence order, and a parallelism table in the confidence order only
+# first verifier (rewards.VERSION), an evaluation and a shortcut stage in the confidence order (the latter at the
+# evaluation's steps: no value matches it), and a parallelism table in the confidence order only
 BEFORE = dict(DEFAULTS, verifier=1, sc_steps=None, sc_budgets=None, sc_eval=None, orders="confidence",
-              sc_order="confidence")
+              sc_order="confidence", order="confidence")
 
 
 def config_of(ck):
-    """The Config fields a checkpoint holds (its other keys, such as the verifier's version, left out)."""
-    return {k: v for k, v in ck["config"].items() if k in DEFAULTS}
+    """The Config fields a checkpoint holds (its other keys, such as the verifier's version, left out); a stage from
+    the evaluation on made before the commit order was a field sampled in the confidence order."""
+    fields = {k: v for k, v in ck["config"].items() if k in DEFAULTS}
+    if "sample_steps" in fields and "order" not in fields:
+        fields["order"] = BEFORE["order"]
+    return fields
 
 
 def make_out(path):

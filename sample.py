@@ -19,7 +19,7 @@ sampled at every masked position, and some of them are committed (kept for good)
               stays, as in MaskGIT); its sequence starts at point 1 (here 0: position (0, 0) first), takes
               the base-2 value as the row (here the column) and rolls the list only when asked (here always).
   spread      MaskGIT's confidence order, but one step never commits two *uncertain* tokens (sampled with
-              probability below SURE) closer than half the grid's side (Chebyshev distance on the token grid;
+              probability at most SURE) closer than half the grid's side (Chebyshev distance on the token grid;
               4 of 8 here, farther than an object spans, at most 3/8 of the side): the best candidates are
               taken greedily, and an uncertain pick rules out the uncertain ones near it for this step (when
               too few are left, the best ruled-out ones fill up). So an object's parts are committed at
@@ -67,8 +67,8 @@ def mask_counts(T, N):
 
 
 def commit_counts(T, N):
-    """Tokens the confidence and Halton orders commit at each step t = 0..T-1 (they sum to N). Known in advance, so
-    sample_step never has to ask the device how many tokens are still masked (a host sync per step)."""
+    """Tokens the confidence, spread and Halton orders commit at each step t = 0..T-1 (they sum to N). Known in
+    advance, so sample_step never has to ask the device how many tokens are still masked (a host sync per step)."""
     left = [N] + mask_counts(T, N)
     return [a - b for a, b in zip(left, left[1:])]
 
@@ -109,7 +109,7 @@ def commit_order(mode, B, N, generator, device):
     return (place.to(device) - offset) % N  # (B, N): the order starts at a random point of the list
 
 
-SURE = 0.9  # "spread": a token sampled with at least this probability may sit beside another of its step
+SURE = 0.9  # "spread": a token sampled with a probability above this may sit beside another of its step
 
 
 @functools.cache
@@ -239,8 +239,8 @@ def check_sampling(prompt_ids, temperature):
 
 def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature, generator,
                 temperature=1.0, token_temperature=None, order=None):
-    """One decoding step from guided logits (B, N, K). n_commit: how many tokens "confidence" and "halton"
-    commit in every row (commit_counts(T, N)[t]; "stochastic" ignores it); order: "halton"'s (B, N) places
+    """One decoding step from guided logits (B, N, K). n_commit: how many tokens "confidence", "spread" and
+    "halton" commit in every row (commit_counts(T, N)[t]; "stochastic" ignores it); order: "halton"'s (B, N) places
     (commit_order). Returns new state, committed, tokens, logp, entropy."""
     masked = state == mask_id  # (B, N)
     if token_temperature is not None:  # its entropy is the raw guided logits', before any temperature (MaskFocus)
@@ -268,6 +268,7 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
             committed = spread_top(conf, logp > math.log(SURE), n_commit)
         else:
             committed = torch.zeros_like(masked).scatter_(1, conf.topk(n_commit, dim=1).indices, True)
+        committed &= masked  # n_commit above the masked count (never from commit_counts) re-commits nothing
     return torch.where(committed, tokens, state), committed, tokens, logp, entropy
 
 
@@ -322,7 +323,8 @@ if __name__ == "__main__":
     for name, kind, what in [("steps", int, "sampling steps T"), ("cfg-scale", float, "CFG scale"),
                              ("temperature", float, "")]:
         ap.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the run's)")
-    ap.add_argument("--mode", default="confidence", choices=["confidence", "spread", "halton", "stochastic"])
+    ap.add_argument("--mode", default=None, choices=["confidence", "spread", "halton", "stochastic"],
+                    help="commit order (default: the run's)")
     ap.add_argument("--n", type=int, default=8, help="samples to draw of --prompt")
     ap.add_argument("--bench", action="store_true", help="print images/s at --batch instead (bench.py)")
     ap.add_argument("--batch", type=int, default=256)
@@ -344,7 +346,7 @@ if __name__ == "__main__":
     if not 1 <= T <= model.config.n_tokens or min(args.n, args.batch) < 1:
         ap.error(f"--steps must be between 1 and the {model.config.n_tokens} image tokens, got {args.steps}; "
                  f"--n and --batch at least 1, got {args.n} and {args.batch}")
-    kw = dict(temperature=temperature, choice_temperature=cfg.choice_temperature, mode=args.mode,
+    kw = dict(temperature=temperature, choice_temperature=cfg.choice_temperature, mode=args.mode or cfg.order,
               generator=torch.Generator(dev).manual_seed(args.seed))
     if args.bench:
         ids = encode_prompts(world.sample_prompts(args.batch, torch.Generator().manual_seed(0))).to(dev)

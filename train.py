@@ -32,7 +32,7 @@ import report
 import rewards
 import shortcut
 import world
-from config import model_config, parse_config, sweep_list
+from config import model_config, parse_config, sweep_list, sweep_orders
 from runs import (drop_progress, load_progress, load_stage, make_out, pick_device, restore, save_progress, save_stage,
                   snapshot, state_dict)
 from model import MaskedTransformer, VQCodebook, autocast, encode_prompts, maskgit_loss, maskgit_masks
@@ -191,15 +191,10 @@ def stage_evaluate(cfg, name, model, vq, data, dev):
                                       rewards=r, failures=failures, n=len(prompts)))
 
 
-def sweep_orders(cfg):
-    """The parallelism table's commit orders: the evaluation's, then confidence and Halton (each once)."""
-    return list(dict.fromkeys([cfg.order, "confidence", "halton"]))
-
-
 def stage_sweep(cfg, models, vq, data, dev):
     """The parallelism table: the evaluation (same prompts, same seed) at each step count of --sweep-steps,
     for each of `models` (name -> model), in the evaluation's commit order, MaskGIT's confidence and Halton's
-    (sweep_orders). Fewer steps commit more tokens per step: MaskGIT's speed-quality trade-off, whether RL moves
+    (config.sweep_orders). Fewer steps commit more tokens per step: MaskGIT's speed-quality trade-off, whether RL moves
     it, and whether keeping a step's tokens apart (spread, Halton) makes fewer objects of mismatched parts."""
     if (ck := load_stage(cfg, "sweep")) is not None:
         return ck

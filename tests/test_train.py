@@ -473,6 +473,22 @@ def test_a_stage_scored_by_an_older_verifier_is_refused(tmp_path):
     assert set(runs.config_of(ck)) <= set(config.DEFAULTS)
 
 
+def test_an_evaluation_from_before_the_order_field_counts_as_the_confidence_order(tmp_path):
+    """An evaluation checkpoint without `order` sampled in MaskGIT's confidence order: it is not reused as the
+    spread order's (the default), and a finished run's settings read back say so."""
+    cfg = config.parse_config(["--preset", "tiny", "--out", str(tmp_path)])
+    assert cfg.order == "spread"
+    ck = runs.save_stage(cfg, "eval_pretrain", dict(state={}))
+    ck["config"].pop("order")  # as written before the field existed
+    runs.save_atomic(ck, str(tmp_path / "eval_pretrain.pt"))
+    with pytest.raises(SystemExit, match="order: checkpoint 'confidence' vs now 'spread'"):
+        runs.load_stage(cfg, "eval_pretrain")
+    assert runs.config_of(ck)["order"] == "confidence"
+    assert "order" not in runs.config_of(runs.save_stage(cfg, "pretrain", dict(state={})))  # no sampling there
+    assert config.sweep_orders(cfg) == ["spread", "confidence", "halton"]
+    assert config.sweep_orders(dataclasses.replace(cfg, order="halton")) == ["confidence", "halton"]
+
+
 def test_maskgrpo_runs_at_its_own_mu_unless_told():
     """--rl-estimator maskgrpo without --rl-mu takes MaskGRPO's image settings (mu 6, m 0.6); the others one update."""
     parse = lambda *a: config.parse_config(["--preset", "tiny", *a])
