@@ -41,14 +41,19 @@ VARIANTS = [  # name, steps, tokens, routing (train.rl_update's three switches)
 
 def pick_variants(spec, estimator="remask"):
     """'' -> every variant the estimator can run (entropy routing changes the rollout policy, so it needs the
-    remask estimator: under replay it is left out); '1,2' -> those (indices), refusing anything else with a clear
-    message."""
+    remask estimator: under replay it is left out); '1,2' -> those (indices), refusing anything else, routing
+    under replay included, with a clear message."""
+    runnable = lambda v: estimator != "replay" or v[3] == "off"
     if not spec:
-        return [v for v in VARIANTS if estimator != "replay" or v[3] == "off"]
+        return [v for v in VARIANTS if runnable(v)]
     try:
-        return [VARIANTS[int(i)] for i in spec.split(",")]
+        picked = [VARIANTS[int(i)] for i in spec.split(",")]
     except (ValueError, IndexError):
         raise SystemExit(f"--compare-variants takes comma-separated indices 0-{len(VARIANTS) - 1}, got {spec!r}")
+    if not all(map(runnable, picked)):
+        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. "
+                         "--compare-variants 0,1,2,3")
+    return picked
 
 
 def stage_compare(cfg, vq, data, dev):
@@ -110,9 +115,6 @@ def main(argv=None):
     """train.py's stages, then the comparison; its settings are checked before any work starts."""
     cfg = parse_config(argv, __doc__)
     variants = pick_variants(cfg.compare_variants, cfg.rl_estimator)  # a bad list stops the run now, not later
-    if cfg.rl_estimator == "replay" and any(v[3] == "entropy" for v in variants):
-        raise SystemExit("entropy routing needs --rl-estimator remask; with replay pass e.g. "
-                         "--compare-variants 0,1,2,3")
     if len(variants) < len(VARIANTS) and not cfg.compare_variants:
         print("[compare] the replay estimator: entropy routing (it needs --rl-estimator remask) is left out")
     if not (cfg.compare_updates or cfg.rl_updates):

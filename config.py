@@ -220,8 +220,9 @@ def parse_config(argv=None, description=None):
 
 
 def sweep_orders(cfg):
-    """The parallelism table's commit orders: the evaluation's (when neither of the next two), confidence, Halton."""
-    return [o for o in (cfg.order,) if o not in ("confidence", "halton")] + ["confidence", "halton"]
+    """The parallelism table's commit orders: the evaluation's (when neither of the two), confidence, Halton."""
+    both = ["confidence", "halton"]
+    return both if cfg.order in both else [cfg.order] + both
 
 
 def sweep_list(spec):

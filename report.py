@@ -355,8 +355,8 @@ def write_assets(out, folder, dev, seed=0):
                                                                      generator=gen(), **kw)), "after RL": rl})
     if os.path.exists(os.path.join(out, "shortcut.pt")):
         net, ck = runs.load_shortcut(out, dev)
-        steps, budget = runs.shortcut_setting(ck, cfg)
-        kw = dict(kw, mode=ck["config"].get("sc_order", "confidence"))  # as the shortcut's table sampled
+        steps, budget, order = runs.shortcut_setting(ck, cfg)
+        kw = dict(kw, mode=order)  # as the shortcut's table sampled
         slow = vq.decode(sample(model, ids, steps, generator=gen(), **kw))
         fast = vq.decode(sample_with_shortcut(model, net, ids, steps, budget, generator=gen(),
                                               uncond=ck["config"]["sc_uncond"], **kw))

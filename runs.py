@@ -206,11 +206,12 @@ def load_generator(out, dev, pretrained=False):
 
 
 def shortcut_setting(ck, cfg):
-    """(steps, base calls) a shortcut checkpoint is sampled at by default: the steps it was trained at and its
-    table's largest budget (a run made before sc_steps: the evaluation's steps and half of them)."""
+    """(steps, base calls, commit order) a shortcut checkpoint is sampled at by default: the steps it was trained
+    at, its table's largest budget and its table's order (a run made before sc_steps: the evaluation's steps and
+    half of them; before sc_order: the confidence order)."""
     steps = ck["config"].get("sc_steps") or cfg.sample_steps
     budgets = sweep_list(ck["config"]["sc_budgets"]) if "sc_budgets" in ck["config"] else [max(2, steps // 2)]
-    return steps, min(steps, max(budgets))
+    return steps, min(steps, max(budgets)), ck["config"].get("sc_order", BEFORE["sc_order"])
 
 
 def load_shortcut(out, dev):

@@ -128,13 +128,12 @@ def spread_top(conf, sure, n):
     if math.isqrt(N) ** 2 != N:
         raise ValueError(f"the spread order needs a square token grid, got {N} tokens")
     near, rows = near_positions(math.isqrt(N), str(conf.device)), torch.arange(B, device=conf.device)
-    taken, free = torch.zeros_like(sure), conf.clone()
+    taken, ruled_out, left = torch.zeros_like(sure), torch.zeros_like(sure), conf.clone()  # left: -inf once taken
     for _ in range(n):
-        fill = conf.masked_fill(taken, -math.inf).argmax(1)  # (B,) the best candidate left, near or not
-        pick = torch.where(free.amax(1) > -math.inf, free.argmax(1), fill)  # (B,)
-        taken[rows, pick] = True
-        ruled_out = near[pick] & ~sure & ~sure[rows, pick, None]  # (B, N): uncertain, near an uncertain pick
-        free = free.masked_fill(ruled_out | taken, -math.inf)
+        free = left.masked_fill(ruled_out, -math.inf)  # (B, N)
+        pick = torch.where(free.amax(1) > -math.inf, free.argmax(1), left.argmax(1))  # (B,) else the best left
+        taken[rows, pick], left[rows, pick] = True, -math.inf
+        ruled_out |= near[pick] & ~sure & ~sure[rows, pick, None]  # uncertain, near an uncertain pick
     return taken
 
 
@@ -268,7 +267,6 @@ def sample_step(logits, state, mask_id, t, T, n_commit, mode, choice_temperature
             committed = spread_top(conf, logp > math.log(SURE), n_commit)
         else:
             committed = torch.zeros_like(masked).scatter_(1, conf.topk(n_commit, dim=1).indices, True)
-        committed &= masked  # n_commit above the masked count (never from commit_counts) re-commits nothing
     return torch.where(committed, tokens, state), committed, tokens, logp, entropy
 
 

@@ -284,7 +284,7 @@ if __name__ == "__main__":
         print("\n".join(report.speed_table_lines(ck["table"])))
         raise SystemExit
     model, vq, cfg = runs.load_generator(args.ckpt, dev)
-    T, default = runs.shortcut_setting(ck, cfg)  # the steps it was trained at; 32 steps: 12 calls, the paper's
+    T, default, order = runs.shortcut_setting(ck, cfg)  # the steps it was trained at; 32 steps: 12 calls, the paper's
     budget = default if args.budget is None else args.budget
     if (problem := world.prompt_error(args.prompt)) or not 1 <= budget <= T or args.n < 1:
         ap.error(problem or f"--budget must be between 1 and the shortcut's {T} sampling steps and "
@@ -292,7 +292,7 @@ if __name__ == "__main__":
     ids, show, prompts = encode_prompts([args.prompt] * args.n).to(dev), min(args.n, 8), [args.prompt] * args.n
     samplers = {f"vanilla, {T} steps": T, f"shortcut, {budget} base calls": budget}
     kw = dict(cfg_scale=cfg.cfg_scale, temperature=cfg.temperature, choice_temperature=cfg.choice_temperature,
-              uncond=ck["config"]["sc_uncond"], mode=ck["config"].get("sc_order", "confidence"))  # as its table
+              uncond=ck["config"]["sc_uncond"], mode=order)  # as its table sampled
     fns = [lambda b=b: sample_with_shortcut(model, net, ids, T, b, generator=torch.Generator(dev).manual_seed(
         args.seed), **kw) for b in samplers.values()]
     images, captions = [], []

@@ -126,6 +126,8 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     assert m and int(m.group(1)) > 0 and all(0 <= float(v) <= 100 for v in m.groups()[1:]), pr.stdout
     with pytest.raises(SystemExit, match="indices 0-4"):
         compare.pick_variants("1,9")
+    with pytest.raises(SystemExit, match="entropy routing needs --rl-estimator remask"):
+        compare.pick_variants("1,4", "replay")
     # README's "from Python" block, on this run (tiny: the shortcut at its 8 steps with 2 base calls)
     block = re.search(r"```python\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S).group(1)
     res = subprocess.run([sys.executable, "-c", block.replace('"out"', repr(out))], cwd=ROOT, capture_output=True,
