@@ -28,7 +28,8 @@ import report
 from config import model_config, parse_config
 from runs import drop_progress, load_checkpoint, load_progress, load_stage, save_progress, save_stage
 from model import MaskedTransformer
-from train import example_trajectory, held_out_accuracy, held_out_prompts, launch, rl_setup, rl_update
+from train import (example_trajectory, held_out_accuracy, held_out_prompts, launch, rl_lr_at, rl_setup, rl_update,
+                   set_lr)
 
 VARIANTS = [  # name, steps, tokens, routing (train.rl_update's three switches)
     ("all steps", "all", "all", "off"),
@@ -82,6 +83,7 @@ def stage_compare(cfg, vq, data, dev):
             curve, seconds, fwd, score_fwd, skipped = [(0, acc0)], 0.0, 0, 0, 0
             for u in tqdm(range(n_up), desc=f"{name} (seed {seed})", leave=False):
                 t0 = time.time()
+                set_lr(opt, rl_lr_at(u, cfg, n_up))
                 s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing)
                 seconds += time.time() - t0
                 fwd, score_fwd = fwd + s["rollout_fwd"] + s["score_fwd"], score_fwd + s["score_fwd"]

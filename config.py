@@ -56,6 +56,7 @@ class Config:
     rl_prompts: int = 8  # prompts per update
     group_size: int = 8  # samples per prompt (G)
     rl_lr: float = 1e-4
+    rl_schedule: str = "constant"  # constant (MaskGRPO, MaskFocus) | cosine (to 0 over the updates; Mask-GRPO's)
     rl_mu: int = 0  # inner updates per rollout batch; 0: the estimator's own (maskgrpo 6, MaskGRPO's; else 1)
     rl_estimator: str = "replay"  # replay (the sampler's commits) | remask (MaskFocus) | maskgrpo (MaskGRPO's masks)
     rl_mask_floor: float = 0.6  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999) (MaskGRPO: 0.6)
@@ -63,6 +64,7 @@ class Config:
     rl_steps: str = "random"  # all | random | focus (focus.py: MaskFocus's critical steps; compare.py)
     rl_tokens: str = "all"  # all | critical (focus.py: GCPO's 30% critical tokens + dynamic weights)
     rl_routing: str = "off"  # off | entropy (focus.py: MaskFocus's entropy-routed rollouts)
+    rl_reward: str = "partial"  # partial (rewards.reward: credit for near misses) | exact (1 iff satisfied, GenEval's)
     rl_credit: str = "sample"  # sample: one advantage a sample (the papers) | object: grpo.object_advantages
     rl_blame: float = 1.0  # object credit: a blamed token's advantage is at most -rl_blame (0: never reinforced)
     rl_mode: str = "spread"  # rollouts: spread | confidence (MaskGIT; MaskFocus) | halton | stochastic (MaskGRPO)
@@ -128,6 +130,7 @@ PRESETS = {
 CHOICES = {"preset": ["auto", *PRESETS], "device": ["auto", "cpu", "cuda", "mps"],
            "rl_estimator": ["remask", "replay", "maskgrpo"], "rl_steps": ["all", "random", "focus"],
            "rl_tokens": ["all", "critical"], "rl_routing": ["off", "entropy"], "rl_credit": ["sample", "object"],
+           "rl_reward": ["partial", "exact"], "rl_schedule": ["constant", "cosine"],
            "rl_mode": ["stochastic", "confidence", "spread", "halton"], "order": ["confidence", "spread", "halton"],
            "sc_uncond": ["cache", "shortcut"], "rl_pool": ["token", "step"]}
 

@@ -315,18 +315,19 @@ def write_report(cfg, dev, vq_mse, res):
 
 
 @torch.no_grad()
-def asset_prompts(eval_prompts, samples):
-    """The pictures' prompts, by a fixed rule: the first two of each category in the evaluation set (its prompts
-    come category by category, each `samples` times), one of each category first."""
-    per_category = len(eval_prompts) // len(world.CATEGORIES)
-    return [eval_prompts[c * per_category + j * samples] for j in range(2) for c in range(len(world.CATEGORIES))]
+def asset_prompts(eval_prompts, samples, per_category=4):
+    """The pictures' prompts, by a fixed rule: the first per_category of each category in the evaluation set (its
+    prompts come category by category, each `samples` times), one of each category first."""
+    n = len(eval_prompts) // len(world.CATEGORIES)  # entries a category (fewer prompts than asked: all of them)
+    return [eval_prompts[c * n + j * samples] for j in range(min(per_category, n // samples))
+            for c in range(len(world.CATEGORIES))]
 
 
 def write_assets(out, folder, dev, seed=0):
     """The README's pictures from a finished run `out`, on asset_prompts: unmasking.gif (four prompts decoded side
-    by side by the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below),
-    shortcut.png (vanilla sc_steps steps above, the shortcut at the table's largest budget below, if the run
-    trained one) and a copy of the run's rl_reward.png."""
+    by side by the RL model), before_after_rl.png (the same prompts and seed, pretrained above, after RL below; how
+    many pass printed), shortcut.png (vanilla sc_steps steps above, the shortcut at the table's largest budget
+    below, if the run trained one) and a copy of the run's rl_reward.png."""
     from model import encode_prompts
     from sample import sample
     from shortcut import sample_with_shortcut
@@ -343,11 +344,14 @@ def write_assets(out, folder, dev, seed=0):
     frames = [torch.cat([f for pair in zip(fs, [torch.ones_like(fs[0][:, :, :2])] * 4) for f in pair][:-1], 2)
               for fs in zip(*(trajectory_frames(vq, traj, i) for i in range(4)))]  # (3, H, 4W + 6) per step
     save_gif(frames + frames[-1:] * 4, os.path.join(folder, "unmasking.gif"), ms=300)  # hold the last frame
-    def two_rows(path, rows):  # {row name: images (P, 3, H, W)} -> one grid, a row each, captions with verdicts
+    def two_rows(path, rows):  # {name: images (P, 3, H, W)} -> one grid, two rows of 8 a name, captions with verdicts
         images = torch.cat(list(rows.values()))
-        verdicts = verdict_captions(prompts * len(rows), rewards.reward(images, prompts * len(rows)))
+        r = rewards.reward(images, prompts * len(rows))
         names = [name for name in rows for _ in prompts]
-        save_grid(images, [f"{n}: {v}" for n, v in zip(names, verdicts)], os.path.join(folder, path), cols=len(prompts))
+        captions = [f"{n}: {v}" for n, v in zip(names, verdict_captions(prompts * len(rows), r))]
+        save_grid(images, captions, os.path.join(folder, path), cols=len(prompts) // 2)
+        print(f"{path}: " + ", ".join(f"{name} {int(k)} of {len(prompts)} pass"
+                                      for name, k in zip(rows, (r >= 1).view(len(rows), -1).sum(1).tolist())))
 
     pretrained = runs.load_generator(out, dev, pretrained=True)[0]
     rl = vq.decode(sample(model, ids, cfg.sample_steps, generator=gen(), **kw))

@@ -78,12 +78,16 @@ def lr_at(step, cfg, total):
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, total - cfg.warmup)))
 
 
+def set_lr(opt, lr):
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def pretrain_step(cfg, model, opt, tokens, prompt_ids, masks, step):
     """One AdamW step on the MaskGIT loss of this rank's share of the batch -> the loss. Under torchrun the loss
     is normalised by the global batch's masked tokens and the gradients averaged over the ranks (dist.py): every
     rank takes the step one process would take on the whole batch. model may be torch.compile's wrapper."""
-    for group in opt.param_groups:
-        group["lr"] = lr_at(step, cfg, cfg.pretrain_steps)
+    set_lr(opt, lr_at(step, cfg, cfg.pretrain_steps))
     norm = None if dist.world() == 1 else dist.total(masks[0].sum().float()) / dist.world()
     with autocast(tokens.device):
         loss = maskgit_loss(model, tokens, prompt_ids, masks=masks, normalizer=norm)
@@ -222,6 +226,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     def score(tok):  # rewards (B,); with per-object credit also the blamed tokens (B, N)
         images = vq.decode(tok).cpu()
         r = rewards.reward(images, flat_prompts)
+        r = (r >= 1).float() if cfg.rl_reward == "exact" else r
         if cfg.rl_credit == "sample":
             return r
         return r, rewards.blamed_tokens(images, flat_prompts, cfg.image_size // cfg.patch)
@@ -258,6 +263,11 @@ def rl_compute(cfg, S):
     return dict(rollout_fwd=cfg.sample_steps * c, score_fwd=score_fwd)
 
 
+def rl_lr_at(update, cfg, total):
+    """RL's learning rate at an update: constant (MaskGRPO, MaskFocus) or a cosine from rl_lr to 0 over the updates."""
+    return cfg.rl_lr if cfg.rl_schedule == "constant" else cfg.rl_lr * 0.5 * (1 + math.cos(math.pi * update / total))
+
+
 def rl_setup(cfg, model, dev, seed):
     ref = copy.deepcopy(model).eval().requires_grad_(False)  # the frozen pretrained weights: the KL reference
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -290,6 +300,7 @@ def stage_rl(cfg, model, vq, data, dev):
     t_snap = time.time()
     bar = tqdm(range(start, cfg.rl_updates), desc="rl", initial=start, total=cfg.rl_updates)
     for u in bar:
+        set_lr(opt, rl_lr_at(u, cfg, cfg.rl_updates))
         s = rl_update(cfg, model, ref, opt, vq, g_prompts, g, cfg.rl_steps, cfg.rl_tokens, cfg.rl_routing)
         s = dict(update=u, seconds=round(time.time() - t0 - eval_seconds, 1), **s)
         if cfg.rl_eval_every and ((u + 1) % cfg.rl_eval_every == 0 or u + 1 == cfg.rl_updates):

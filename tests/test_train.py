@@ -509,11 +509,43 @@ def test_rl_compute_counts_forward_equivalents_by_hand():
     assert train.rl_compute(dataclasses.replace(cfg, rl_estimator="maskgrpo", rl_mu=3), 3)["score_fwd"] == 15
 
 
+def test_rl_learning_rate_by_hand():
+    """constant: rl_lr at every update; cosine: rl_lr at the first, half of it halfway, near 0 at the last."""
+    cfg = dataclasses.replace(config.Config(), rl_lr=2e-4)
+    assert [train.rl_lr_at(u, cfg, 60) for u in (0, 30, 59)] == [2e-4] * 3
+    cos = dataclasses.replace(cfg, rl_schedule="cosine")
+    assert train.rl_lr_at(0, cos, 60) == pytest.approx(2e-4) and train.rl_lr_at(30, cos, 60) == pytest.approx(1e-4)
+    assert 0 < train.rl_lr_at(59, cos, 60) < 2e-4 * 1e-2
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    train.set_lr(opt, 3e-4)
+    assert opt.param_groups[0]["lr"] == 3e-4
+
+
+@pytest.mark.parametrize("kind, want", [("partial", [1.0, 0.75, 0.5, 1.0]), ("exact", [1.0, 0.0, 0.0, 1.0])])
+def test_the_rl_reward_is_partial_credit_or_exact(monkeypatch, kind, want):
+    """--rl-reward exact hands GRPO 1 for a satisfied prompt and 0 otherwise (GenEval's binary reward); partial
+    hands it the verifier's credit."""
+    got = {}
+    def fake_rl_step(model, ref, opt, prompt_ids, score, *a, **k):
+        got["r"] = score(torch.zeros(4, 64, dtype=torch.long))
+        return dict(scored_steps=1, skipped=0)
+    monkeypatch.setattr(train.grpo, "rl_step", fake_rl_step)
+    monkeypatch.setattr(train.rewards, "reward", lambda images, prompts: torch.tensor([1.0, 0.75, 0.5, 1.0]))
+    vq = type("VQ", (), {"decode": lambda self, tok: torch.zeros(len(tok), 3, 32, 32)})()
+    cfg = dataclasses.replace(config.Config(), rl_prompts=1, group_size=4, rl_reward=kind)
+    model = MaskedTransformer(ModelConfig(d_model=16, n_layers=1, n_heads=2))
+    train.rl_update(cfg, model, None, None, vq, torch.Generator().manual_seed(0), None, "all", "all", "off")
+    assert got["r"].tolist() == want
+
+
 def test_the_pictures_prompts_follow_a_fixed_rule():
     import report
-    # 4 categories x 3 prompts x 2 samples, category by category: the first two prompts of each, one of each first
-    prompts = [f"{c}{i}" for c in "STCP" for i in range(3) for _ in range(2)]
-    assert report.asset_prompts(prompts, 2) == ["S0", "T0", "C0", "P0", "S1", "T1", "C1", "P1"]
+    # 4 categories x 5 prompts x 2 samples, category by category: the first four prompts of each, one of each first
+    prompts = [f"{c}{i}" for c in "STCP" for i in range(5) for _ in range(2)]
+    assert report.asset_prompts(prompts, 2) == [f"{c}{i}" for i in range(4) for c in "STCP"]
+    assert report.asset_prompts(prompts, 2, per_category=2) == ["S0", "T0", "C0", "P0", "S1", "T1", "C1", "P1"]
+    two_each = [f"{c}{i}" for c in "STCP" for i in range(2) for _ in range(2)]  # fewer than four: all of them
+    assert report.asset_prompts(two_each, 2) == ["S0", "T0", "C0", "P0", "S1", "T1", "C1", "P1"]
 
 
 def test_held_out_samples_spread_over_the_evaluation_set():
