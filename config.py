@@ -56,7 +56,7 @@ class Config:
     rl_prompts: int = 8  # prompts per update
     group_size: int = 8  # samples per prompt (G)
     rl_lr: float = 1e-4
-    rl_schedule: str = "constant"  # constant (MaskGRPO, MaskFocus) | cosine (to 0 over the updates; Mask-GRPO's)
+    rl_schedule: str = "constant"  # constant (MaskGRPO, MaskFocus) | cosine (to 0; Mask-GRPO, arXiv 2510.13418)
     rl_mu: int = 0  # inner updates per rollout batch; 0: the estimator's own (maskgrpo 6, MaskGRPO's; else 1)
     rl_estimator: str = "replay"  # replay (the sampler's commits) | remask (MaskFocus) | maskgrpo (MaskGRPO's masks)
     rl_mask_floor: float = 0.6  # maskgrpo: m in its mask ratios r_j = min(m + (1 - m)(j + 1)/mu, 0.999) (MaskGRPO: 0.6)

@@ -344,7 +344,7 @@ def write_assets(out, folder, dev, seed=0):
     frames = [torch.cat([f for pair in zip(fs, [torch.ones_like(fs[0][:, :, :2])] * 4) for f in pair][:-1], 2)
               for fs in zip(*(trajectory_frames(vq, traj, i) for i in range(4)))]  # (3, H, 4W + 6) per step
     save_gif(frames + frames[-1:] * 4, os.path.join(folder, "unmasking.gif"), ms=300)  # hold the last frame
-    def two_rows(path, rows):  # {name: images (P, 3, H, W)} -> one grid, two rows of 8 a name, captions with verdicts
+    def two_rows(path, rows):  # {name: images (P, 3, H, W)} -> one grid, two rows a name, captions with verdicts
         images = torch.cat(list(rows.values()))
         r = rewards.reward(images, prompts * len(rows))
         names = [name for name in rows for _ in prompts]

@@ -226,7 +226,7 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
     def score(tok):  # rewards (B,); with per-object credit also the blamed tokens (B, N)
         images = vq.decode(tok).cpu()
         r = rewards.reward(images, flat_prompts)
-        r = (r >= 1).float() if cfg.rl_reward == "exact" else r
+        r = (r >= 1).float() if cfg.rl_reward == "exact" else r  # (then the logged rollout reward is accuracy)
         if cfg.rl_credit == "sample":
             return r
         return r, rewards.blamed_tokens(images, flat_prompts, cfg.image_size // cfg.patch)

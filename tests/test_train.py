@@ -521,6 +521,24 @@ def test_rl_learning_rate_by_hand():
     assert opt.param_groups[0]["lr"] == 3e-4
 
 
+def test_rl_and_the_comparison_follow_the_rl_schedule(tmp_path, monkeypatch):
+    """Each RL update, in train.py's stage and in compare.py's runs, steps at rl_lr_at's rate (cosine: falling)."""
+    seen = {"train": [], "compare": []}
+    def recording(name, update):
+        def wrapped(cfg, model, ref, opt, *a):
+            seen[name].append(opt.param_groups[0]["lr"])
+            return update(cfg, model, ref, opt, *a)
+        return wrapped
+    monkeypatch.setattr(train, "rl_update", recording("train", train.rl_update))
+    monkeypatch.setattr(compare, "rl_update", recording("compare", compare.rl_update))
+    args = ["--preset", "tiny", "--out", str(tmp_path), "--sc-iters", "0", "--rl-schedule", "cosine", "--rl-lr", "1e-3"]
+    compare.main(args + ["--compare-variants", "1", "--compare-seeds", "1", "--compare-updates", "4"])
+    cfg = config.parse_config(args)
+    assert seen["train"] == pytest.approx([train.rl_lr_at(u, cfg, 3) for u in range(3)])  # the tiny preset: 3 updates
+    assert seen["compare"] == pytest.approx([train.rl_lr_at(u, cfg, 4) for u in range(4)])
+    assert seen["compare"][0] == pytest.approx(1e-3) and seen["compare"] == sorted(seen["compare"], reverse=True)
+
+
 @pytest.mark.parametrize("kind, want", [("partial", [1.0, 0.75, 0.5, 1.0]), ("exact", [1.0, 0.0, 0.0, 1.0])])
 def test_the_rl_reward_is_partial_credit_or_exact(monkeypatch, kind, want):
     """--rl-reward exact hands GRPO 1 for a satisfied prompt and 0 otherwise (GenEval's binary reward); partial
