@@ -281,7 +281,8 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
     weights = weigh_tokens(old, ref, mask, traj) if weigh_tokens is not None else None  # over every scored token
     mask = mask if pick_tokens is None else mask & pick_tokens(traj)[:, None]  # (B, S, N): the chosen positions
     model.train()  # below: stats NaN if every inner update is skipped
-    stats, skipped, micro = dict.fromkeys(("kl", "clip_ratio", "ratio"), float("nan")), 0, conf.micro_batch or B
+    stats = dict.fromkeys(("kl", "clip_ratio", "ratio", "grad_norm"), float("nan"))
+    skipped, micro = 0, conf.micro_batch or B
     ranks = parallel.total(torch.ones((), device=mask.device))  # gradients are averaged: a loss counts x ranks
     for j in range(conf.mu):
         part = slice(j, j + 1) if conf.estimator == "maskgrpo" else slice(None)  # MaskGRPO: iteration j, mask j
@@ -305,13 +306,13 @@ def rl_step(model, ref_model, opt, prompt_ids, score, sample_kwargs, conf=GRPOCo
         if not finite:
             skipped += 1
             continue
-        stats = acc
-        torch.nn.utils.clip_grad_norm_(model.parameters(), conf.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), conf.max_grad_norm)  # before clipping
+        stats = dict(acc, grad_norm=norm.item())
         opt.step()
     model.eval()
     entropy = (traj.entropy * traj.committed).sum() / traj.committed.sum()  # the rollout policy, per committed token
     # named as TRL's GRPOTrainer logs them where it has a name: reward, reward_std (the mean within-group std),
-    # frac_reward_zero_std, kl, clip_ratio, entropy
+    # frac_reward_zero_std, kl, clip_ratio, entropy, grad_norm (the last inner update's, before clipping)
     return dict(reward=r.mean().item(), reward_std=r.view(-1, conf.group_size).std(1).mean().item(),
                 frac_reward_zero_std=flat, accuracy=(r >= 1).float().mean().item(), entropy=entropy.item(),
                 skipped=skipped, scored_steps=mask.shape[1], scored_tokens=mask.float().sum().item() / mask.shape[0],

@@ -270,8 +270,25 @@ def test_a_non_finite_loss_is_skipped_and_never_reaches_the_weights():
     s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]), nan,
                      dict(steps=4, cfg_scale=0.0), grpo.GRPOConfig(group_size=4, mu=3),
                      generator=torch.Generator().manual_seed(0))
-    assert s["skipped"] == 3 and math.isnan(s["kl"])  # logged as not a number, not missing
+    assert s["skipped"] == 3 and math.isnan(s["kl"]) and math.isnan(s["grad_norm"])  # not a number, not missing
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("max_norm", [1e9, 1e-4])
+def test_the_logged_grad_norm_is_the_gradients_before_clipping(max_norm):
+    """grad_norm is the gradient's global norm before clip_grad_norm_: with no clipping, the norm of the gradient
+    left on the weights; clipped to 1e-4, those gradients have norm 1e-4 and the logged one is larger."""
+    m, ref = tiny_model(), tiny_model().requires_grad_(False)
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    s = grpo.rl_step(m, ref, opt, encode_prompts(["a red circle", "two blue squares"]),
+                     lambda tok: (tok == 3).float().mean(1), dict(steps=4, cfg_scale=2.0),
+                     grpo.GRPOConfig(group_size=4, estimator="replay", max_grad_norm=max_norm), score_steps="all",
+                     generator=torch.Generator().manual_seed(0))
+    left = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]).norm().item()
+    if max_norm > 1:
+        assert s["grad_norm"] == pytest.approx(left, rel=1e-5) and left > 0
+    else:
+        assert left == pytest.approx(1e-4, rel=1e-3) and s["grad_norm"] > 1e-3
 
 
 @pytest.mark.parametrize("estimator,pool", [("remask", "step"), ("replay", "token"), ("maskgrpo", "token")])
@@ -294,7 +311,7 @@ def test_micro_batches_give_the_same_update_as_one_batch(estimator, pool):
     assert any((w0[k] != tiny_model().state_dict()[k]).any() for k in w0)  # the update did move the weights
     for k in w0:
         assert torch.allclose(w0[k], w1[k], atol=1e-5), (k, (w0[k] - w1[k]).abs().max())
-    for k in ("kl", "clip_ratio", "ratio", "reward"):
+    for k in ("kl", "clip_ratio", "ratio", "reward", "grad_norm"):
         assert abs(s0[k] - s1[k]) < 1e-5, (k, s0[k], s1[k])
 
 
