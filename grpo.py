@@ -346,6 +346,7 @@ if __name__ == "__main__":
         prompts = [p for p in world.sample_prompts(args.prompts, g_prompts) for _ in range(args.group)]
         score = lambda tok: rewards.reward(vq.decode(tok).cpu(), prompts)
         s = rl_step(model, ref, opt, encode_prompts(prompts[::args.group]).to(dev), score, kw,
-                    GRPOConfig(group_size=args.group, estimator=args.estimator or cfg.rl_estimator), generator=g)
+                    GRPOConfig(group_size=args.group, estimator=args.estimator or cfg.rl_estimator),
+                    score_steps="all" if cfg.rl_steps == "all" else cfg.rl_k, generator=g)  # focus: k random here
         print(f"update {u}: reward {s['reward']:.3f} acc {s['accuracy']:.2f} kl {s['kl']:.4f} "
               f"clip {s['clip_ratio']:.2f} zero-std {s['frac_reward_zero_std']:.2f}")

@@ -72,10 +72,15 @@ def stage_codebook(cfg, data):
     return vq, mse
 
 
+def cosine(peak, done):
+    """A cosine from peak (done = 0) down to 0 (done = 1)."""
+    return peak * 0.5 * (1 + math.cos(math.pi * done))
+
+
 def lr_at(step, cfg, total):
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, total - cfg.warmup)))
+    return cosine(cfg.lr, (step - cfg.warmup) / max(1, total - cfg.warmup))
 
 
 def set_lr(opt, lr):
@@ -265,7 +270,7 @@ def rl_compute(cfg, S):
 
 def rl_lr_at(update, cfg, total):
     """RL's learning rate at an update: constant (MaskGRPO, MaskFocus) or a cosine from rl_lr to 0 over the updates."""
-    return cfg.rl_lr if cfg.rl_schedule == "constant" else cfg.rl_lr * 0.5 * (1 + math.cos(math.pi * update / total))
+    return cfg.rl_lr if cfg.rl_schedule == "constant" else cosine(cfg.rl_lr, update / total)
 
 
 def rl_setup(cfg, model, dev, seed):
