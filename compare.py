@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import focus
 import report
-from config import model_config, parse_config
+from config import DEFAULTS, model_config, parse_config
 from runs import drop_progress, load_checkpoint, load_progress, load_stage, save_progress, save_stage
 from model import MaskedTransformer
 from train import (example_trajectory, held_out_accuracy, held_out_prompts, launch, rl_lr_at, rl_setup, rl_update,
@@ -106,6 +106,13 @@ def stage_compare(cfg, vq, data, dev):
     return ck
 
 
+def overridden(cfg):
+    """The flags of the three switches given a value of their own: every variant sets them itself, so such a
+    value reaches only train.py's RL stage (a run given --rl-steps all compares the same variants as without)."""
+    switches = ("rl_steps", "rl_tokens", "rl_routing")
+    return [f"--{k.replace('_', '-')}" for k in switches if getattr(cfg, k) != DEFAULTS[k]]
+
+
 def write_critical_steps(cfg, model, vq, dev):
     """One trajectory: each step's x0, its similarity to the final image, the critical steps (by this sample)."""
     traj, marked = example_trajectory(cfg, model, vq, dev)
@@ -117,6 +124,8 @@ def main(argv=None):
     """train.py's stages, then the comparison; its settings are checked before any work starts."""
     cfg = parse_config(argv, __doc__)
     variants = pick_variants(cfg.compare_variants, cfg.rl_estimator)  # a bad list stops the run now, not later
+    if names := overridden(cfg):
+        print(f"[compare] {', '.join(names)}: each variant sets its own; the value given is train.py's RL stage's only")
     if len(variants) < len(VARIANTS) and not cfg.compare_variants:
         print("[compare] the replay estimator: entropy routing (it needs --rl-estimator remask) is left out")
     if not (cfg.compare_updates or cfg.rl_updates):

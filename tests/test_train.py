@@ -111,6 +111,10 @@ def test_tiny_end_to_end_resume_and_mismatch(tmp_path, capsys):
     for f in ["compare.png", "critical_steps.png"]:
         assert os.path.exists(os.path.join(out, f)), f
     assert [v[0] for v in compare.pick_variants("1,2")] == ["random k", "focus k"]
+    # the switches the variants set themselves: a value given for them is named, as reaching the RL stage only
+    assert compare.overridden(config.parse_config(["--preset", "tiny"])) == []
+    given = config.parse_config(["--preset", "tiny", "--rl-steps", "all", "--rl-tokens", "critical"])
+    assert compare.overridden(given) == ["--rl-steps", "--rl-tokens"]
     # focus.py's demo on the finished run: the steps it picks, binding and relations
     demo = subprocess.run([sys.executable, "focus.py", "--ckpt", out, "--batches", "1", "--prompts", "2",
                            "--group", "2", "--k", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
@@ -500,7 +504,7 @@ def test_maskgrpo_runs_at_its_own_mu_unless_told():
 
 
 def test_rl_compute_counts_forward_equivalents_by_hand():
-    # remask, k=4 of T=12, CFG 2, mu 1: rollout 12 x 2; per scored step old + reference + (forward + backward) = 5
+    # remask, k=4 of T=12, CFG on, mu 1: rollout 12 x 2; per scored step old + reference + (forward + backward) = 5
     cfg = dataclasses.replace(config.Config(), rl_mu=1, rl_estimator="remask")  # parse_config: 0 -> the estimator's
     assert train.rl_compute(cfg, 4) == dict(rollout_fwd=24, score_fwd=20)
     # replay scores the guided policy (x2 with CFG) and recorded the old one: reference + 3 per step
