@@ -31,7 +31,8 @@ from model import MaskedTransformer
 from train import (example_trajectory, held_out_accuracy, held_out_prompts, launch, rl_lr_at, rl_setup, rl_update,
                    set_lr)
 
-VARIANTS = [  # name, steps, tokens, routing (train.rl_update's three switches)
+SWITCHES = ("rl_steps", "rl_tokens", "rl_routing")  # the Config fields of train.rl_update's three switches
+VARIANTS = [  # name, then a value for each of SWITCHES
     ("all steps", "all", "all", "off"),
     ("random k", "random", "all", "off"),
     ("focus k", "focus", "all", "off"),
@@ -109,8 +110,7 @@ def stage_compare(cfg, vq, data, dev):
 def overridden(cfg):
     """The flags of the three switches given a value of their own: every variant sets them itself, so such a
     value reaches only train.py's RL stage (a run given --rl-steps all compares the same variants as without)."""
-    switches = ("rl_steps", "rl_tokens", "rl_routing")
-    return [f"--{k.replace('_', '-')}" for k in switches if getattr(cfg, k) != DEFAULTS[k]]
+    return [f"--{k.replace('_', '-')}" for k in SWITCHES if getattr(cfg, k) != DEFAULTS[k]]
 
 
 def write_critical_steps(cfg, model, vq, dev):
