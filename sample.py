@@ -218,11 +218,13 @@ def guided_logits(model, feats, cfg_scale, detach_uncond=False):
 def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False, detach_uncond=False, sampling=False):
     """Guided logits (B, N, K) in float32 for one step, [and the conditional features (B, N, D)].
     With detach_uncond under autograd the null prompt's branch runs apart, without a graph: in one batch with the
-    conditional rows, the backward would cost as much again for rows whose gradient is zero."""
-    if detach_uncond and cfg_scale and torch.is_grad_enabled():
+    conditional rows, the backward would cost as much again for rows whose gradient is zero. (The conditional branch
+    runs first: under an outer CUDA autocast region, weights cast inside no_grad would be cached without a graph.)"""
+    if detach_uncond and cfg_scale and torch.is_grad_enabled() and not sampling:
+        cond = branch_features(model, state, prompt_ids, 0.0)
         with torch.no_grad():
             uncond = branch_features(model, state, null_prompts(state.shape[0], state.device), 0.0)
-        feats = torch.cat([branch_features(model, state, prompt_ids, 0.0), uncond])  # (2B, N, D)
+        feats = torch.cat([cond, uncond])  # (2B, N, D)
     else:
         feats = branch_features(model, state, prompt_ids, cfg_scale, sampling)
     logits = guided_logits(model, feats, cfg_scale, detach_uncond)

@@ -260,11 +260,13 @@ def rl_update(cfg, model, ref, opt, vq, g_prompts, g, steps, tokens, routing):
 def rl_compute(cfg, S):
     """What an update cost, in batch forward-equivalents (a backward counts 2): the rollout (x2 with CFG), then per
     scored step (S of them) the old policy (not replay: the sampler recorded it), the reference and mu x (forward +
-    backward); MaskGRPO's mu masks instead of steps."""
+    backward); MaskGRPO's mu masks instead of steps. Replay scores the sampler's guided policy: the reference runs both
+    CFG branches, each inner update the null one without a graph and the conditional one forward and backward."""
     c = 2 if cfg.cfg_scale else 1
-    per = c if cfg.rl_estimator == "replay" else 1  # replay scores the sampler's guided policy; remask has no CFG
-    score_fwd = (5 * cfg.rl_mu if cfg.rl_estimator == "maskgrpo"
-                 else S * per * ((cfg.rl_estimator == "remask") + 1 + 3 * cfg.rl_mu))
+    if cfg.rl_estimator == "replay":
+        score_fwd = S * (c + (c + 2) * cfg.rl_mu)
+    else:  # remask has no CFG inside its likelihood
+        score_fwd = 5 * cfg.rl_mu if cfg.rl_estimator == "maskgrpo" else S * (2 + 3 * cfg.rl_mu)
     return dict(rollout_fwd=cfg.sample_steps * c, score_fwd=score_fwd)
 
 

@@ -68,8 +68,9 @@ def test_replay_trains_only_the_conditional_branch():
                               policy_logits(m, tr.states[0], ids, 2.0))
     # under autograd the detached branch runs apart and builds no graph: the trunk sees 2 rows with a graph, 2 without
     seen = []
-    m.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[0], out.requires_grad)))
+    hook = m.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[0], out.requires_grad)))
     split = policy_logits(m, tr.states[0], ids, 2.0, detach_uncond=True)
+    hook.remove()
     assert sorted(seen) == [(2, False), (2, True)]
     with torch.no_grad():
         assert torch.allclose(split, policy_logits(m, tr.states[0], ids, 2.0), atol=1e-5)

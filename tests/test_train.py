@@ -507,8 +507,12 @@ def test_rl_compute_counts_forward_equivalents_by_hand():
     # remask, k=4 of T=12, CFG on, mu 1: rollout 12 x 2; per scored step old + reference + (forward + backward) = 5
     cfg = dataclasses.replace(config.Config(), rl_mu=1, rl_estimator="remask")  # parse_config: 0 -> the estimator's
     assert train.rl_compute(cfg, 4) == dict(rollout_fwd=24, score_fwd=20)
-    # replay scores the guided policy (x2 with CFG) and recorded the old one: reference + 3 per step
-    assert train.rl_compute(dataclasses.replace(cfg, rl_estimator="replay"), 4)["score_fwd"] == 4 * 2 * 4
+    # replay recorded the old policy; per step the reference's two branches, then per inner update the null branch's
+    # forward (no graph) and the conditional one's forward and backward: 2 + 4 mu; without CFG 1 + 3 mu
+    replay = dataclasses.replace(cfg, rl_estimator="replay")
+    assert train.rl_compute(replay, 4)["score_fwd"] == 4 * 6
+    assert train.rl_compute(dataclasses.replace(replay, rl_mu=2), 4)["score_fwd"] == 4 * 10
+    assert train.rl_compute(dataclasses.replace(replay, cfg_scale=0.0), 4) == dict(rollout_fwd=12, score_fwd=4 * 4)
     # MaskGRPO: no steps; 5 per inner iteration (its mask's old, reference, forward and backward), mu of them
     assert train.rl_compute(dataclasses.replace(cfg, rl_estimator="maskgrpo", rl_mu=3), 3)["score_fwd"] == 15
 
