@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import focus
 import report
-from config import DEFAULTS, model_config, parse_config
+from config import DEFAULTS, flag, model_config, parse_config
 from runs import drop_progress, load_checkpoint, load_progress, load_stage, save_progress, save_stage
 from model import MaskedTransformer
 from train import (example_trajectory, held_out_accuracy, held_out_prompts, launch, rl_lr_at, rl_setup, rl_update,
@@ -110,7 +110,7 @@ def stage_compare(cfg, vq, data, dev):
 def overridden(cfg):
     """The flags of the three switches given a value of their own: every variant sets them itself, so such a
     value reaches only train.py's RL stage (a run given --rl-steps all compares the same variants as without)."""
-    return [f"--{k.replace('_', '-')}" for k in SWITCHES if getattr(cfg, k) != DEFAULTS[k]]
+    return [flag(k) for k in SWITCHES if getattr(cfg, k) != DEFAULTS[k]]
 
 
 def write_critical_steps(cfg, model, vq, dev):

@@ -170,10 +170,18 @@ class Trajectory:
         return replace(self, **per_step, final=self.final[r], prompt_ids=self.prompt_ids[r])
 
 
-def branch_features(model, state, prompt_ids, cfg_scale, sampling=False):
+def branch_features(model, state, prompt_ids, cfg_scale, sampling=False, detach_uncond=False):
     """Final features (cB, N, D) for one step: with CFG the conditional rows, then the null prompt's.
-    sampling=True (the sampling loops, never a loss): compiled when the model's compile_sampling is set."""
+    sampling=True (the sampling loops, never a loss): compiled when the model's compile_sampling is set.
+    detach_uncond under autograd: the null prompt's rows run apart, without a graph (in one batch the backward would
+    cost as much again for rows whose gradient is zero); the conditional rows first (under an outer CUDA autocast
+    region, weights cast inside no_grad would be cached without a graph)."""
     B = state.shape[0]
+    if cfg_scale and detach_uncond and torch.is_grad_enabled():
+        cond = branch_features(model, state, prompt_ids, 0.0)
+        with torch.no_grad():
+            uncond = branch_features(model, state, null_prompts(B, state.device), 0.0)
+        return torch.cat([cond, uncond])
     if cfg_scale:
         state, prompt_ids = torch.cat([state, state]), torch.cat([prompt_ids, null_prompts(B, state.device)])
     with autocast(state.device):
@@ -216,17 +224,8 @@ def guided_logits(model, feats, cfg_scale, detach_uncond=False):
 
 
 def policy_logits(model, state, prompt_ids, cfg_scale, return_features=False, detach_uncond=False, sampling=False):
-    """Guided logits (B, N, K) in float32 for one step, [and the conditional features (B, N, D)].
-    With detach_uncond under autograd the null prompt's branch runs apart, without a graph: in one batch with the
-    conditional rows, the backward would cost as much again for rows whose gradient is zero. (The conditional branch
-    runs first: under an outer CUDA autocast region, weights cast inside no_grad would be cached without a graph.)"""
-    if detach_uncond and cfg_scale and torch.is_grad_enabled() and not sampling:
-        cond = branch_features(model, state, prompt_ids, 0.0)
-        with torch.no_grad():
-            uncond = branch_features(model, state, null_prompts(state.shape[0], state.device), 0.0)
-        feats = torch.cat([cond, uncond])  # (2B, N, D)
-    else:
-        feats = branch_features(model, state, prompt_ids, cfg_scale, sampling)
+    """Guided logits (B, N, K) in float32 for one step, [and the conditional features (B, N, D)]."""
+    feats = branch_features(model, state, prompt_ids, cfg_scale, sampling, detach_uncond)
     logits = guided_logits(model, feats, cfg_scale, detach_uncond)
     return (logits, feats[: state.shape[0]].float()) if return_features else logits
 
